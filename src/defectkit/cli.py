@@ -30,7 +30,7 @@ app.add_typer(datasets_app, name="datasets")
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
 def _version(value: bool):

@@ -24,7 +24,7 @@ def _fetch(url: str, target: Path, on_progress: Progress | None) -> Path:
     partial = target.with_name(target.name + ".part")
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
-            total = response.length
+            total = int(response.headers.get("Content-Length") or 0) or None
             done = 0
             while chunk := response.read(1 << 20):
                 out.write(chunk)

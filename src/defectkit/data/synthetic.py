@@ -31,9 +31,10 @@ MIN_SIZE = 32
 SPLITS = ("train", "test")
 CLASSES = ("good", "defective")
 
-# A pixel belongs to the mask when the defect moved it by at least this fraction of the
-# defect's full amplitude: the soft fringe below it is invisible next to the texture.
-MASK_THRESHOLD = 0.25
+# A pixel belongs to the mask when the defect moves it by at least this many grey levels
+# (before sensor noise): about twice the noise, so the mask is what a careful annotator
+# could see, and what lies outside it is changed by less than that, if at all.
+MASK_MIN_CHANGE = 5.0
 _SUPERSAMPLE = 4  # strokes are drawn this much finer, then area-averaged: anti-aliased lines
 _MIN_AMPLITUDE = 18.0  # grey levels: below this a defect drowns in the texture
 _MAX_AMPLITUDE = 60.0  # above this it is a saturated blob, trivial to find
@@ -190,7 +191,7 @@ def _strokes(h: int, w: int, strokes: list[tuple[np.ndarray, np.ndarray, np.ndar
 def _taper(n: int, rng: np.random.Generator, ends: float) -> np.ndarray:
     """Strength along a stroke: fades in and out at the ends and wavers a little between."""
     t = np.linspace(0.0, 1.0, n)
-    edge = np.clip(np.minimum(t, 1.0 - t) / ends, 0.0, 1.0)
+    edge = 0.4 + 0.6 * np.clip(np.minimum(t, 1.0 - t) / ends, 0.0, 1.0)  # ends faint, not gone
     waver = 1.0 + 0.15 * np.sin(2 * np.pi * (rng.uniform(0.5, 2.0) * t + rng.random()))
     return np.clip(edge * waver, 0.0, 1.0)
 
@@ -215,7 +216,7 @@ def _scratch(rng: np.random.Generator, base: np.ndarray, contrast: float) -> tup
     width = rng.uniform(0.8, 2.0)
     alpha = _strokes(h, w, [(points, np.full(39, width), _taper(39, rng, 0.15))])
     amp = _amplitude(rng, base, contrast, 1.6, 2.8, 1.0 if rng.random() < 0.5 else -1.0)
-    return amp * alpha, alpha
+    return amp * alpha, np.abs(amp) * alpha
 
 
 def _spot(rng: np.random.Generator, base: np.ndarray, contrast: float) -> tuple[np.ndarray, np.ndarray]:
@@ -241,7 +242,7 @@ def _spot(rng: np.random.Generator, base: np.ndarray, contrast: float) -> tuple[
     amp = _amplitude(rng, base, contrast, 1.4, 2.6, 1.0 if rng.random() < 0.4 else -1.0)
     washout = rng.uniform(0.0, 0.6)
     flat = cv2.GaussianBlur(base, (0, 0), 3.0)
-    return alpha * (amp + washout * (flat - base)), alpha
+    return alpha * (amp + washout * (flat - base)), np.abs(amp) * alpha
 
 
 def _crack(rng: np.random.Generator, base: np.ndarray, contrast: float) -> tuple[np.ndarray, np.ndarray]:
@@ -266,7 +267,7 @@ def _crack(rng: np.random.Generator, base: np.ndarray, contrast: float) -> tuple
                 walk(pos.copy(), heading + side * rng.uniform(0.4, 1.1), int(steps * rng.uniform(0.2, 0.5)), width * 0.7, depth + 1)
         if len(points) >= 2:
             n = len(points) - 1
-            widths = width * np.linspace(1.0, rng.uniform(0.4, 0.8), n)
+            widths = np.maximum(width * np.linspace(1.0, rng.uniform(0.4, 0.8), n), 0.6)
             strength = np.clip(_taper(n, rng, 0.1 if depth == 0 else 0.3) * 1.3, 0.0, 1.0)
             strokes.append((np.array(points), widths, strength))
 
@@ -279,9 +280,11 @@ def _crack(rng: np.random.Generator, base: np.ndarray, contrast: float) -> tuple
     walk(start, heading + np.pi + rng.normal(0.0, 0.3), int(steps * rng.uniform(0.3, 0.8)), width, 1)
     alpha = _strokes(h, w, strokes)
     amp = _amplitude(rng, base, contrast, 1.8, 3.0, -1.0)
-    return amp * alpha, alpha
+    return amp * alpha, np.abs(amp) * alpha
 
 
+# Each returns (change to add to the surface, its nominal size in grey levels before the
+# texture wash-out): the mask comes from the second, so it does not depend on the surface.
 _DEFECT_FNS = {"scratch": _scratch, "spot": _spot, "crack": _crack}
 
 
@@ -318,8 +321,8 @@ def _render(rng: np.random.Generator, size, defect: str | None, texture: str) ->
     mask = np.zeros((height, width), dtype=np.uint8)
     if defect is not None:
         for _ in range(20):  # a draw that leaves nothing above threshold is drawn again
-            delta, alpha = _DEFECT_FNS[defect](defect_rng, base, contrast)
-            hit = alpha >= MASK_THRESHOLD
+            delta, change = _DEFECT_FNS[defect](defect_rng, base, contrast)
+            hit = change >= MASK_MIN_CHANGE
             if hit.any():
                 break
         else:  # pragma: no cover - geometry keeps every defect inside the image
