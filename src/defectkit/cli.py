@@ -88,7 +88,7 @@ def datasets_inspect(
     t = report.total
     console.print(f"{report.dataset} at {report.root}: {t.images} images, {t.defective} defective ({t.pixel_labelled} with pixel masks), {t.good} good")
     if report.folds:
-        table = Table(title=f"split {report.split}")
+        table = Table(title=f"split {report.split}" if report.split not in (None, "all") else "parts")
         for column in ("fold", "part", "images", "defective", "pixel-labelled", "good"):
             table.add_column(column, justify="right" if column not in ("part",) else "left")
         fold_name = "class" if report.dataset == "dagm" else "fold"

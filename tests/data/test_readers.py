@@ -245,3 +245,15 @@ def test_registry_reads_every_dataset(tmp_path):
         read_dataset("ksdd", None)
     root = make_ksdd(tmp_path / "ksdd")
     assert len(read_dataset("ksdd", root)) == 399  # default: split 33_33, fold 0
+
+
+def test_synthetic_through_the_registry(tmp_path, monkeypatch, run_cli):
+    monkeypatch.setenv("DEFECTKIT_CACHE", str(tmp_path / "cache"))
+    samples = read_dataset("synthetic", None)  # default root under $DEFECTKIT_CACHE
+    assert Counter((s.split, s.is_defective) for s in samples) == {("train", False): 60, ("train", True): 20, ("test", False): 30, ("test", True): 30}
+    assert all(s.pixel_labelled and s.mask_path.parent.name == "masks" for s in samples if s.is_defective)
+    assert all(load_mask(s).any() for s in samples if s.is_defective)
+    small = read_dataset("synthetic", tmp_path / "small")
+    assert len(small) == 140 and str(small[0].image_path).startswith(str(tmp_path / "small"))
+    code, out, _ = run_cli("datasets", "inspect", "--dataset", "synthetic")
+    assert code == 0 and f"synthetic at {tmp_path / 'cache' / 'synthetic'}: 140 images, 50 defective" in out

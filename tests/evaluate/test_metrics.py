@@ -11,6 +11,7 @@ from scipy import ndimage
 from defectkit.evaluate import metrics as M
 
 skm = pytest.importorskip("sklearn.metrics")
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # NumPy 1.26 has only trapz
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,7 +92,7 @@ def _reference_aupro(masks, maps, limit):
         j = int(np.argmax(fprs > limit))
         x = np.append(x, limit)
         y = np.append(y, np.interp(limit, fprs[j - 1 : j + 1], pros[j - 1 : j + 1]))
-    return np.trapezoid(y, x) / limit
+    return _trapezoid(y, x) / limit
 
 
 # --------------------------------------------------------------------------------------------

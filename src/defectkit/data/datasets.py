@@ -31,6 +31,7 @@ class DatasetSpec:
     folds_on_disk: Callable[[Path], tuple[int, ...]] | None = None  # folds a partial copy holds
     download: Download | None = None
     how_to_get: str = ""
+    default_root: Callable[[], Path] | None = None  # where it lives when no --data-root is given
 
     @property
     def has_official_splits(self) -> bool:
@@ -95,6 +96,7 @@ DATASETS: dict[str, DatasetSpec] = {
             title="Built-in synthetic DAGM-like textures with procedural defects",
             read=readers.read_synthetic,
             layout="generated in the folder layout",
+            default_root=readers.synthetic.default_root,
         ),
     )
 }
@@ -107,11 +109,18 @@ def get_dataset(name: str) -> DatasetSpec:
         raise DataError(f"unknown dataset '{name}'; available: {', '.join(DATASETS)}") from None
 
 
+def resolve_root(spec: DatasetSpec, root: str | Path | None) -> Path:
+    if root is not None:
+        return Path(root)
+    if spec.default_root is None:
+        raise DataError(f"dataset '{spec.name}' needs --data-root (the folder that holds it)")
+    return spec.default_root()
+
+
 def read_dataset(name: str, root: str | Path | None, split: str | None = None, fold: int | None = None) -> list[Sample]:
     """Samples of a dataset; ``split``/``fold`` default to the dataset's protocol defaults."""
     spec = get_dataset(name)
-    if root is None and spec.name != "synthetic":
-        raise DataError(f"dataset '{name}' needs --data-root (the folder that holds it)")
+    root = resolve_root(spec, root)
     kwargs = {}
     if split is not None:
         kwargs["split"] = split

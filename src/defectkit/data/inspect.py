@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import DataError
-from .datasets import get_dataset
+from .datasets import get_dataset, resolve_root
 from .sample import Sample
 
 PARTS = ("train", "validation", "test", "all")
@@ -107,6 +107,7 @@ def inspect_dataset(
     """Counts of the whole dataset and, for an official split (the dataset's default when
     ``split`` is None), of every fold; with ``check`` every image and mask is decoded."""
     spec = get_dataset(name)
+    root = resolve_root(spec, root)
     everything = spec.read(root, split="all")
     split = split or spec.default_split
     folds: list[FoldSummary] = []
@@ -120,8 +121,10 @@ def inspect_dataset(
             except DataError as exc:
                 summary.error = str(exc)
             folds.append(summary)
+    elif len({s.split for s in everything}) > 1:  # a folder dataset with train/test parts
+        folds.append(FoldSummary(None, summarise(everything)))
     problems: list[str] = []
     if check:
         total = len(everything)
         problems = check_samples(everything, (lambda i: on_progress(i, total)) if on_progress else None)
-    return Inspection(spec.name, Path(root) if root else Path(), Counts.of(everything), split, folds, problems, len(everything) if check else 0)
+    return Inspection(spec.name, root, Counts.of(everything), split, folds, problems, len(everything) if check else 0)

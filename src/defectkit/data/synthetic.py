@@ -242,7 +242,7 @@ def _spot(rng: np.random.Generator, base: np.ndarray, contrast: float) -> tuple[
     amp = _amplitude(rng, base, contrast, 1.4, 2.6, 1.0 if rng.random() < 0.4 else -1.0)
     washout = rng.uniform(0.0, 0.6)
     flat = cv2.GaussianBlur(base, (0, 0), 3.0)
-    return alpha * (amp + washout * (flat - base)), np.abs(amp) * alpha
+    return alpha * amp + alpha * alpha * washout * (flat - base), np.abs(amp) * alpha
 
 
 def _crack(rng: np.random.Generator, base: np.ndarray, contrast: float) -> tuple[np.ndarray, np.ndarray]:
@@ -283,8 +283,9 @@ def _crack(rng: np.random.Generator, base: np.ndarray, contrast: float) -> tuple
     return amp * alpha, np.abs(amp) * alpha
 
 
-# Each returns (change to add to the surface, its nominal size in grey levels before the
-# texture wash-out): the mask comes from the second, so it does not depend on the surface.
+# Each returns (change to add to the surface, its nominal size in grey levels without the
+# texture wash-out). The mask is where either reaches MASK_MIN_CHANGE: the footprint of the
+# defect as drawn, plus any pixel its wash-out moved as far.
 _DEFECT_FNS = {"scratch": _scratch, "spot": _spot, "crack": _crack}
 
 
@@ -322,14 +323,14 @@ def _render(rng: np.random.Generator, size, defect: str | None, texture: str) ->
     if defect is not None:
         for _ in range(20):  # a draw that leaves nothing above threshold is drawn again
             delta, change = _DEFECT_FNS[defect](defect_rng, base, contrast)
-            hit = change >= MASK_MIN_CHANGE
+            hit = (change >= MASK_MIN_CHANGE) | (np.abs(delta) >= MASK_MIN_CHANGE)
             if hit.any():
                 break
         else:  # pragma: no cover - geometry keeps every defect inside the image
             raise RuntimeError(f"synthetic {defect} rendered empty")
         image = base + delta
         mask[hit] = 255
-    image = image + noise_rng.normal(0.0, noise_rng.uniform(0.8, 2.2), size=image.shape).astype(np.float32)
+    image = image + np.float32(noise_rng.uniform(0.8, 2.2)) * noise_rng.standard_normal(image.shape, dtype=np.float32)
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     return image, mask, family
 

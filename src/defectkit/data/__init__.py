@@ -1,0 +1,1 @@
+"""Datasets: one sample record, readers for every layout, preprocessing and sampling."""
