@@ -1,3 +1,10 @@
 """defectkit: visual surface-defect detection for industrial inspection."""
 
 __version__ = "0.1.0"
+
+
+def load(run_dir, device: str = "cpu", weights: str = "model.safetensors"):
+    """A predictor for a trained run folder: ``defectkit.load(RUN_DIR).predict(image)``."""
+    from .infer.predictor import load as _load
+
+    return _load(run_dir, device=device, weights=weights)

@@ -130,6 +130,220 @@ def datasets_download(
     console.print(f"next: defectkit datasets inspect --dataset {dataset} --data-root {root}")
 
 
+def _parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
+    if text is None:
+        return None
+    from .errors import ConfigError
+
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--input-size must look like WIDTHxHEIGHT (e.g. 256x704), got '{text}'") from None
+    return width, height
+
+
+def _train_with_progress(config, out: Path, resume: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .methods.segdec import fit
+
+    console = _console()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[losses]}"), console=console) as bar:
+        tasks: dict[int, int] = {}
+
+        def on_step(epoch, done, total, losses):
+            if epoch not in tasks:
+                tasks[epoch] = bar.add_task(f"epoch {epoch + 1}/{config.epochs}", total=total, losses="")
+            text = f"loss {losses['loss']:.4f}  seg {losses['loss_seg']:.4f}  cls {losses['loss_cls']:.4f}"
+            bar.update(tasks[epoch], completed=done, losses=text)
+
+        fit(config, out, resume=resume, on_step=on_step, log=lambda m: console.print(m, markup=False))
+
+
+def _print_metrics(metrics: dict, run_dir: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"test metrics ({metrics['n_images']} images, {metrics['n_defective']} defective)")
+    for column in ("AP", "AUROC", "F1", "threshold", "FP", "FN", "FP at FN=0"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        f"{metrics['ap']:.4f}", f"{metrics['auroc']:.4f}", f"{metrics['f1']:.4f}", f"{metrics['threshold']:.4f}",
+        str(metrics["fp"]), str(metrics["fn"]), str(metrics["fp_at_fn0"]),
+    )
+    console = _console()
+    console.print(table)
+    console.print(f"decision threshold {metrics['decision_threshold']:.4f} from {metrics['threshold_source']}")
+    console.print(f"run folder: {run_dir} (metrics.json, predictions.csv, pr_curve.png, roc_curve.png, model.safetensors)")
+
+
+@app.command()
+def train(
+    config_file: Optional[Path] = typer.Argument(None, help="A YAML file holding training options (same names as below, with underscores)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="ksdd, ksdd2, dagm, severstal, folder or synthetic."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder holding the dataset."),
+    split: Optional[str] = typer.Option(None, "--split", help="Official split key, e.g. 33_33 (KSDD) or 246 (KSDD2)."),
+    fold: Optional[int] = typer.Option(None, "--fold", help="Fold (KSDD 0..2) or class (DAGM 1..10)."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="Named settings: ksdd, dagm, ksdd2, severstal (the papers') or demo. Default: the dataset's own, else demo."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Model preset: paper, small, tiny."),
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="WIDTHxHEIGHT, both multiples of 8."),
+    channels: Optional[int] = typer.Option(None, "--channels", help="1 (gray) or 3 (RGB)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="SGD learning rate."),
+    delta: Optional[float] = typer.Option(None, "--delta", help="Weight of the classification loss."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    dilate: Optional[int] = typer.Option(None, "--dilate", help="Mask dilation kernel size."),
+    weight_p: Optional[float] = typer.Option(None, "--weight-p", help="Exponent p of the distance-transform weights."),
+    weight_max: Optional[float] = typer.Option(None, "--weight-max", help="MAX of the distance-transform weights."),
+    dynamic_balancing: Optional[bool] = typer.Option(None, "--dynamic-balancing/--no-dynamic-balancing"),
+    gradient_adjustment: Optional[bool] = typer.Option(None, "--gradient-adjustment/--no-gradient-adjustment"),
+    weighted_segmentation: Optional[bool] = typer.Option(None, "--weighted-segmentation/--no-weighted-segmentation"),
+    frequency_sampling: Optional[bool] = typer.Option(None, "--frequency-sampling/--no-frequency-sampling"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu (default) or cuda."),
+    validate_every: Optional[int] = typer.Option(None, "--validate-every", help="Validate every N epochs when there is a validation split (0: never)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder to create."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder after its last finished epoch."),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate on the test split after training."),
+):
+    """Train the supervised two-stage network (segmentation + decision, end-to-end)."""
+    from .errors import ConfigError
+    from .evaluate.run_eval import evaluate_run
+    from .methods.segdec import PAPER_SETTINGS, paper_config
+    from .runs import read_yaml
+
+    if resume is not None:
+        from .methods.segdec import TrainConfig
+
+        saved = TrainConfig.from_dict(read_yaml(resume / "config.yaml")["train"]) if (resume / "config.yaml").is_file() else None
+        if saved is None:
+            raise ConfigError(f"{resume}: no config.yaml; not a run folder")
+        _train_with_progress(saved, resume, True)
+        run_dir = resume
+    else:
+        if out is None:
+            raise ConfigError("--out RUN_DIR is required (or --resume RUN_DIR)")
+        values = {}
+        if config_file is not None:
+            loaded = read_yaml(config_file)
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{config_file}: expected a mapping of training options")
+            values.update(loaded)
+        cli_values = dict(
+            dataset=dataset, data_root=str(data_root) if data_root else None, split=split, fold=fold, preset=preset,
+            input_size=_parse_size(input_size), channels=channels, epochs=epochs, learning_rate=lr, delta=delta,
+            batch_size=batch_size, dilate=dilate, weight_p=weight_p, weight_max=weight_max,
+            dynamic_balancing=dynamic_balancing, gradient_adjustment=gradient_adjustment,
+            weighted_segmentation=weighted_segmentation, frequency_sampling=frequency_sampling, seed=seed,
+            device=device, validate_every=validate_every,
+        )
+        values.update({k: v for k, v in cli_values.items() if v is not None})
+        name = config or values.pop("config", None)
+        if name is None:
+            name = values.get("dataset") if values.get("dataset") in PAPER_SETTINGS else "demo"
+        train_config = paper_config(name, **values)
+        _train_with_progress(train_config, out, False)
+        run_dir = out
+    if evaluate:
+        _print_metrics(evaluate_run(run_dir, device=device or "cpu"), run_dir)
+
+
+@app.command("eval")
+def eval_command(
+    run_dir: Path = typer.Argument(..., help="A run folder made by `defectkit train`."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where the dataset is now, if it moved."),
+    device: str = typer.Option("cpu", "--device"),
+    best: bool = typer.Option(False, "--best", help="Use best.safetensors (best validation epoch) instead of the final weights."),
+):
+    """Evaluate a run on its test split: metrics.json, predictions.csv, PR and ROC curves."""
+    from .evaluate.run_eval import evaluate_run
+
+    weights = "best.safetensors" if best else "model.safetensors"
+    _print_metrics(evaluate_run(run_dir, data_root=data_root, device=device, weights=weights), run_dir)
+
+
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="A trained run folder."),
+    inputs: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for predictions.csv and the heatmap overlays."),
+    device: str = typer.Option("cpu", "--device"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+):
+    """Score images with a trained run: predictions.csv and one heatmap overlay PNG per image."""
+    import time
+
+    import cv2
+    from rich.progress import Progress
+
+    from . import runs
+    from .data.imageio import read_image
+    from .data.readers.common import is_image
+    from .errors import DataError
+    from .infer.predictor import load, overlay
+
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if is_image(p))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise DataError(f"{item}: no such file or folder")
+    if not files:
+        raise DataError("no images found in the given inputs")
+    predictor = load(run_dir, device=device)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, skipped = [], []
+    started = time.perf_counter()
+    console = _console()
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("predicting", total=len(files))
+        for start in range(0, len(files), batch_size):
+            batch, arrays = [], []
+            for path in files[start : start + batch_size]:
+                try:
+                    arrays.append(read_image(path, predictor.pre.channels))
+                    batch.append(path)
+                except DataError as exc:
+                    skipped.append(str(exc))
+            for path, array, p in zip(batch, arrays, predictor.predict_batch(arrays) if arrays else []):
+                rows.append([str(path), repr(p.score), int(p.decision)])
+                picture = overlay(array, p.heatmap)
+                cv2.imwrite(str(out / f"{path.stem}_overlay.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+            bar.advance(task, len(files[start : start + batch_size]))
+    runs.write_csv(out / "predictions.csv", ["image", "score", "decision"], rows)
+    elapsed = time.perf_counter() - started
+    for line in skipped:
+        console.print(f"skipped: {line}", markup=False)
+    flagged = sum(r[2] for r in rows)
+    console.print(f"{len(rows)} images, {flagged} defective at threshold {predictor.threshold:.4f}; {len(rows) / elapsed:.1f} images/s")
+    console.print(f"wrote {out / 'predictions.csv'} and {len(rows)} overlays")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run folder to create (replaced if it holds an earlier demo)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the demo's epochs."),
+    size: int = typer.Option(128, "--size", help="Image side of the synthetic data and the network input."),
+):
+    """The main job on a fresh machine: synthetic data -> train a small network on CPU -> evaluate."""
+    import shutil
+
+    from .data.readers.synthetic import default_root
+    from .data.synthetic import generate
+    from .evaluate.run_eval import evaluate_run
+    from .methods.segdec import paper_config
+
+    data_root = default_root() if size == 128 else default_root().with_name(f"synthetic-{size}")
+    generate(data_root, size=(size, size))
+    if (out / "config.yaml").is_file():
+        shutil.rmtree(out)
+    config = paper_config("demo", data_root=str(data_root), input_size=(size, size), epochs=epochs)
+    _console().print(f"training the '{config.preset}' network on {data_root} for {config.epochs} epochs (CPU)")
+    _train_with_progress(config, out, False)
+    _print_metrics(evaluate_run(out), out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one line (no traceback) and exit with code 2."""
     try:

@@ -18,9 +18,11 @@ def default_root() -> Path:
 
 def read_synthetic(root: str | Path | None = None, split: str | None = None, fold: int | None = None, **params) -> list[Sample]:
     """Generate the dataset under ``root`` if it is not there yet (``params`` go to
-    :func:`defectkit.data.synthetic.generate`), then read it like any folder dataset."""
-    from ..synthetic import generate
+    :func:`defectkit.data.synthetic.generate`), then read it like any folder dataset.
+    A folder that already holds a generated dataset is read as it is when no ``params`` are given."""
+    from ..synthetic import META_NAME, generate
 
     root = Path(root) if root else default_root()
-    generate(root, **params)
+    if params or not (root / META_NAME).is_file():
+        generate(root, **params)
     return read_folder(root, split=split)

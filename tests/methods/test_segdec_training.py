@@ -1,0 +1,199 @@
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import defectkit
+from defectkit import runs
+from defectkit.data.synthetic import generate
+from defectkit.errors import ConfigError, DataError
+from defectkit.methods.segdec import TrainConfig, batch_loss, fit, loss_weights, paper_config
+from defectkit.models import create_model
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny") / "synthetic"
+    return generate(root, n_train_good=8, n_train_defective=4, n_test_good=4, n_test_defective=4, size=(64, 128), seed=1)
+
+
+def tiny_config(data_root, **overrides) -> TrainConfig:
+    settings = dict(dataset="synthetic", data_root=str(data_root), preset="tiny", input_size=(64, 128), channels=1, dilate=3,
+                    epochs=3, learning_rate=0.1, delta=1.0, batch_size=3, weight_p=2.0, weight_max=3.0, validate_every=0)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def quiet(_):
+    pass
+
+
+def test_named_configs_hold_the_papers_settings():
+    ksdd = paper_config("ksdd")
+    assert (ksdd.input_size, ksdd.channels, ksdd.dilate, ksdd.epochs, ksdd.learning_rate, ksdd.delta, ksdd.batch_size, ksdd.weight_p, ksdd.weight_max) == ((512, 1408), 1, 7, 50, 1.0, 0.01, 1, 2.0, 1.0)
+    dagm = paper_config("dagm")
+    assert (dagm.input_size, dagm.dilate, dagm.epochs, dagm.learning_rate, dagm.delta, dagm.weight_p, dagm.weight_max) == ((512, 512), 7, 70, 0.05, 1.0, 1.0, 10.0)
+    ksdd2 = paper_config("ksdd2")
+    assert (ksdd2.input_size, ksdd2.channels, ksdd2.dilate, ksdd2.learning_rate, ksdd2.weight_max) == ((232, 640), 3, 15, 0.01, 3.0)
+    assert [paper_config("severstal", split=f"{p}_{p}").epochs for p in (300, 750, 1500, 3000)] == [90, 80, 60, 40]
+    steel = paper_config("severstal")
+    assert (steel.input_size, steel.dilate, steel.batch_size, steel.learning_rate, steel.delta) == ((1600, 256), 1, 10, 0.1, 0.1)
+    assert all(getattr(ksdd, f) for f in ("dynamic_balancing", "gradient_adjustment", "weighted_segmentation", "frequency_sampling"))
+    with pytest.raises(ConfigError, match="unknown config 'mvtec'"):
+        paper_config("mvtec")
+    with pytest.raises(ConfigError, match="unknown training option"):
+        TrainConfig.from_dict({"epochz": 3})
+
+
+def test_dynamic_balancing_weights_per_epoch():
+    assert [loss_weights(n, 4, 0.5, True) for n in range(4)] == [(1.0, 0.0), (0.75, 0.125), (0.5, 0.25), (0.25, 0.375)]
+    assert loss_weights(3, 4, 0.5, False) == (1.0, 0.5)
+
+
+def test_batch_loss_against_a_hand_computation():
+    g = torch.Generator().manual_seed(0)
+    logit = torch.randn(3, generator=g, dtype=torch.float64)
+    seg = torch.randn(3, 1, 2, 2, generator=g, dtype=torch.float64)
+    targets = torch.rand(3, 2, 2, generator=g, dtype=torch.float64)
+    weights = 1 + torch.rand(3, 2, 2, generator=g, dtype=torch.float64)
+    labels = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
+    has_seg = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)  # the third: image label only
+    loss, seg_l, cls_l = batch_loss(logit, seg, targets, weights, labels, has_seg, 0.7, 0.3)
+
+    def bce(z, y):
+        p = 1 / (1 + math.exp(-z))
+        return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+    expected = 0.0
+    for i in range(3):
+        s = 0.0
+        if has_seg[i]:
+            s = sum(float(weights[i, r, c]) * bce(float(seg[i, 0, r, c]), float(targets[i, r, c])) for r in range(2) for c in range(2)) / 4
+        assert seg_l[i].item() == pytest.approx(s)
+        c_loss = bce(float(logit[i]), float(labels[i]))
+        assert cls_l[i].item() == pytest.approx(c_loss)
+        expected += 0.7 * s + 0.3 * c_loss
+    assert loss.item() == pytest.approx(expected)
+
+
+def test_batched_gradient_equals_the_sum_of_per_image_gradients():
+    torch.manual_seed(0)
+    model = create_model("segdec", "tiny").double()
+    x = torch.rand(3, 1, 128, 64, dtype=torch.float64)
+    targets = torch.rand(3, 16, 8, dtype=torch.float64)
+    weights = torch.ones(3, 16, 8, dtype=torch.float64)
+    labels = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
+    has_seg = torch.ones(3, dtype=torch.float64)
+    logit, seg = model(x)
+    batch_loss(logit, seg, targets, weights, labels, has_seg, 0.5, 0.5)[0].backward()
+    batched = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    for i in range(3):  # the reference: backward per image, gradients accumulate
+        logit, seg = model(x[i : i + 1])
+        batch_loss(logit, seg, targets[i : i + 1], weights[i : i + 1], labels[i : i + 1], has_seg[i : i + 1], 0.5, 0.5)[0].backward()
+    for a, p in zip(batched, model.parameters()):
+        torch.testing.assert_close(a, p.grad)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, epochs=3)
+    fit(config, tmp_path / "straight", log=quiet)
+
+    def stop_in_epoch_two(epoch, done, total, losses):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, tmp_path / "killed", on_step=stop_in_epoch_two, log=quiet)
+    assert not (tmp_path / "killed" / runs.MODEL).exists()
+    state = json.loads(runs.read_metadata(tmp_path / "killed" / runs.CHECKPOINT)["state"])
+    assert state["epoch"] == 1  # epochs 0 and 1 finished; at most the current epoch is lost
+    fit(config, tmp_path / "killed", resume=True, log=quiet)
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "straight" / runs.MODEL))
+    b = load_file(str(tmp_path / "killed" / runs.MODEL))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    with open(tmp_path / "killed" / runs.TRAIN_LOG) as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2"]
+
+
+def test_run_folder_errors(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, epochs=1)
+    fit(config, tmp_path / "run", log=quiet)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        fit(config, tmp_path / "run", log=quiet)
+    with pytest.raises(DataError, match="run folder not found"):
+        fit(config, tmp_path / "nope", resume=True, log=quiet)
+    saved = runs.read_yaml(tmp_path / "run" / runs.CONFIG)
+    saved["model"]["config"]["volume_channels"] = 48
+    runs.write_yaml(tmp_path / "run" / runs.CONFIG, saved)
+    with pytest.raises(DataError, match="weights do not match the model config"):
+        defectkit.load(tmp_path / "run")
+    (tmp_path / "run" / runs.MODEL).unlink()
+    with pytest.raises(DataError, match="run folder is missing model.safetensors"):
+        defectkit.load(tmp_path / "run")
+
+
+def test_training_needs_defective_images(tmp_path):
+    root = generate(tmp_path / "good_only", n_train_good=4, n_train_defective=0, n_test_good=2, n_test_defective=2, size=(64, 128))
+    with pytest.raises(DataError, match="no defective image"):
+        fit(tiny_config(root), tmp_path / "run", log=quiet)
+
+
+def test_cli_train_eval_predict(tiny_data, tmp_path, run_cli):
+    run = tmp_path / "run"
+    code, out, err = run_cli("train", "--dataset", "synthetic", "--data-root", tiny_data, "--config", "demo", "--preset", "tiny",
+                             "--input-size", "64x128", "--epochs", "2", "--batch-size", "4", "--out", run)
+    assert code == 0, err
+    assert "test metrics (8 images, 4 defective)" in out
+    for name in ("config.yaml", "model.safetensors", "checkpoint.safetensors", "metrics.json", "predictions.csv", "pr_curve.png", "roc_curve.png", "train_log.csv"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"ap", "auroc", "threshold", "fp", "fn", "fp_at_fn0", "n_images", "n_defective", "decision_threshold"} <= set(metrics)
+    assert metrics["n_images"] == 8 and metrics["n_defective"] == 4
+    with open(run / "train_log.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2
+    code, out, _ = run_cli("eval", run)
+    assert code == 0 and json.loads((run / "metrics.json").read_text())["ap"] == pytest.approx(metrics["ap"])
+    code, out, err = run_cli("predict", run, tiny_data / "test", "--out", tmp_path / "pred")
+    assert code == 0, err
+    with open(tmp_path / "pred" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and len(list((tmp_path / "pred").glob("*_overlay.png"))) == 8
+    assert all(int(r["decision"]) == (float(r["score"]) >= metrics["decision_threshold"]) for r in rows)
+    code, _, err = run_cli("train", "--dataset", "synthetic", "--data-root", tiny_data, "--out", run)
+    assert code == 2 and "already holds a run" in err
+
+
+def test_predictor_accepts_path_array_and_pil(tiny_data, tmp_path):
+    fit(tiny_config(tiny_data, epochs=1), tmp_path / "run", log=quiet)
+    predictor = defectkit.load(tmp_path / "run")
+    path = next((tiny_data / "test" / "defective").glob("*.png"))
+    array = np.asarray(Image.open(path).convert("L"))
+    from_path = predictor.predict(path)
+    from_array = predictor.predict(array)
+    from_pil = predictor.predict(Image.open(path))
+    from_float = predictor.predict(array / 255.0)
+    assert from_path.heatmap.shape == array.shape and from_path.heatmap.dtype == np.float32
+    for other in (from_array, from_pil, from_float):
+        assert other.score == pytest.approx(from_path.score, abs=1e-6)
+    assert 0 <= from_path.score <= 1 and from_path.decision == (from_path.score >= predictor.threshold)
+    with pytest.raises(DataError, match="expected HxW or HxWx3"):
+        predictor.predict(np.zeros((2, 3, 4, 5), np.uint8))
+
+
+def test_demo_at_a_tiny_size(tmp_path, monkeypatch, run_cli):
+    monkeypatch.setenv("DEFECTKIT_CACHE", str(tmp_path / "cache"))
+    code, out, err = run_cli("demo", "--out", tmp_path / "demo", "--epochs", "1", "--size", "128")
+    assert code == 0, err
+    assert "test metrics (60 images, 30 defective)" in out
+    assert (tmp_path / "demo" / "metrics.json").is_file()
