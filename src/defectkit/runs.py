@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import DataError
+from .files import atomic_write, load_weights, read_metadata, save_weights  # noqa: F401 (the run folder's API)
 
 CONFIG = "config.yaml"
 MODEL = "model.safetensors"
@@ -39,21 +38,6 @@ METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
 PR_CURVE = "pr_curve.png"
 ROC_CURVE = "roc_curve.png"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -99,52 +83,6 @@ def write_csv(path: Path, header: list[str], rows: Iterable[Iterable[Any]]) -> N
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
-
-
-def save_weights(path: Path, state_dict: dict, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save
-
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    atomic_write(path, save(tensors, metadata=metadata))
-
-
-def read_metadata(path: Path) -> dict[str, str]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return handle.metadata() or {}
-    except (SafetensorError, OSError) as exc:
-        raise DataError(f"{path}: not a readable safetensors file ({exc})") from None
-
-
-def load_weights(model, path: Path) -> None:
-    """Load safetensors weights (never pickle), with a clear error when they do not fit."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: weights file not found")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise DataError(f"{path}: not a readable safetensors file ({exc})") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise DataError(
-            f"{path}: weights do not match the model config "
-            f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
-        )
-    for key, tensor in tensors.items():
-        if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise DataError(
-                f"{path}: weights do not match the model config: {key} has shape {tuple(tensor.shape)}, "
-                f"the config builds {tuple(expected[key].shape)}"
-            )
-    model.load_state_dict(tensors)
 
 
 def require_run(run_dir: Path, *files: str) -> Path:

@@ -4,7 +4,7 @@ import dataclasses
 import zipfile
 
 import pytest
-from layouts import image, make_ksdd, mask, write
+from layouts import make_ksdd, mask, write
 
 from defectkit.data import datasets
 from defectkit.data.download import download_dataset

@@ -136,7 +136,7 @@ def test_run_folder_errors(tiny_data, tmp_path):
     saved = runs.read_yaml(tmp_path / "run" / runs.CONFIG)
     saved["model"]["config"]["volume_channels"] = 48
     runs.write_yaml(tmp_path / "run" / runs.CONFIG, saved)
-    with pytest.raises(DataError, match="weights do not match the model config"):
+    with pytest.raises(DataError, match="do not match the model config"):
         defectkit.load(tmp_path / "run")
     (tmp_path / "run" / runs.MODEL).unlink()
     with pytest.raises(DataError, match="run folder is missing model.safetensors"):

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from defectkit.errors import ConfigError, DataError
+from defectkit.files import atomic_write, load_weights, save_weights
 
 from .registry import model_from_config, model_name_of
 
@@ -30,20 +28,6 @@ def _check_name(name: str) -> str:
     if not isinstance(name, str) or not name or name in (".", "..") or any(c in name for c in "/\\\0"):
         raise ConfigError(f"model file name must be a plain file name without folders, got {name!r}")
     return name
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, name: str = "model") -> Path:
@@ -59,19 +43,11 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, name: str = 
     except OSError as e:
         raise DataError(f"cannot create model folder {directory}: {e.strerror or e}") from None
 
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights = directory / f"{name}.safetensors"
     meta = json.dumps({"model": model_name, "config": config.to_dict()}, indent=2) + "\n"
-
-    def write_json(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(meta)
-            f.flush()
-            os.fsync(f.fileno())
-
     try:
-        _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", "model": model_name}))
-        _atomic_write(directory / CONFIG_FILE, write_json)
+        save_weights(weights, model.state_dict(), metadata={"format": "pt", "model": model_name})
+        atomic_write(directory / CONFIG_FILE, meta.encode("utf-8"))
     except OSError as e:
         raise DataError(f"cannot write model to {directory}: {e.strerror or e}") from None
     return weights
@@ -99,32 +75,6 @@ def from_pretrained(directory: str | os.PathLike, name: str = "model", *, device
     except ConfigError as e:
         raise ConfigError(f"{config_path}: {e}") from None
 
-    try:
-        tensors = load_file(str(weights_path), device="cpu")
-    except Exception as e:  # safetensors raises its own error type for corrupt files
-        raise DataError(f"cannot read weights {weights_path}: {e}") from None
-
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensor(s): {_some(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} tensor(s): {_some(unexpected)}")
-        raise DataError(f"weights {weights_path} do not match {config_path}: {'; '.join(parts)}")
-    for key, ref in expected.items():
-        got = tensors[key]
-        if got.shape != ref.shape:
-            raise DataError(
-                f"weights {weights_path} do not match {config_path}: tensor {key!r} has shape "
-                f"{list(got.shape)} in the file but the config needs {list(ref.shape)}"
-            )
-    model.load_state_dict(tensors, strict=True)
+    load_weights(model, weights_path, str(config_path))
     return model.to(device).eval()
 
-
-def _some(keys: list[str], limit: int = 5) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")

@@ -1,0 +1,74 @@
+"""Files that must never be half-written or unsafe to read: atomic writes and safetensors weights."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import DataError
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_weights(path: Path, state_dict: dict, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    atomic_write(path, save(tensors, metadata=metadata))
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error type for corrupt files
+        raise DataError(f"cannot read weights {path}: {exc}") from None
+
+
+def _some(keys: list[str], limit: int = 5) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_weights(model, path: Path, config_name: str = "the model config") -> None:
+    """Load safetensors weights strictly (never pickle), naming what does not fit."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"model file missing: {path}")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises its own error type for corrupt files
+        raise DataError(f"cannot read weights {path}: {exc}") from None
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    if missing or unexpected:
+        parts = [f"missing {len(missing)} tensor(s): {_some(missing)}"] if missing else []
+        parts += [f"unexpected {len(unexpected)} tensor(s): {_some(unexpected)}"] if unexpected else []
+        raise DataError(f"weights {path} do not match {config_name}: {'; '.join(parts)}")
+    for key, ref in expected.items():
+        if tensors[key].shape != ref.shape:
+            raise DataError(
+                f"weights {path} do not match {config_name}: tensor {key!r} has shape "
+                f"{list(tensors[key].shape)} in the file but the config needs {list(ref.shape)}"
+            )
+    model.load_state_dict(tensors, strict=True)
