@@ -212,12 +212,10 @@ def train(
     from .runs import read_yaml
 
     if resume is not None:
-        from .methods.segdec import TrainConfig
+        from .methods.segdec import read_run_config
+        from .runs import require_run
 
-        saved = TrainConfig.from_dict(read_yaml(resume / "config.yaml")["train"]) if (resume / "config.yaml").is_file() else None
-        if saved is None:
-            raise ConfigError(f"{resume}: no config.yaml; not a run folder")
-        _train_with_progress(saved, resume, True)
+        _train_with_progress(read_run_config(require_run(resume))[0], resume, True)
         run_dir = resume
     else:
         if out is None:

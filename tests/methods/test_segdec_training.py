@@ -197,3 +197,27 @@ def test_demo_at_a_tiny_size(tmp_path, monkeypatch, run_cli):
     assert code == 0, err
     assert "test metrics (60 images, 30 defective)" in out
     assert (tmp_path / "demo" / "metrics.json").is_file()
+
+
+def test_cli_train_from_a_yaml_file_and_resume(tiny_data, tmp_path, run_cli):
+    options = tmp_path / "options.yaml"
+    options.write_text(
+        f"dataset: synthetic\ndata_root: {tiny_data}\npreset: tiny\ninput_size: [64, 128]\nepochs: 2\n"
+        "learning_rate: 0.02\nbatch_size: 4\nfrequency_sampling: false\n"
+    )
+    run = tmp_path / "run"
+    code, _, err = run_cli("train", options, "--epochs", "1", "--no-eval", "--out", run)  # the CLI overrides the file
+    assert code == 0, err
+    saved = runs.read_yaml(run / "config.yaml")["train"]
+    assert (saved["epochs"], saved["learning_rate"], saved["frequency_sampling"], saved["preset"]) == (1, 0.02, False, "tiny")
+    code, out, err = run_cli("train", "--resume", run, "--no-eval")
+    assert code == 0 and "already finished" in out
+    options.write_text("epochz: 3\n")
+    code, _, err = run_cli("train", options, "--out", tmp_path / "bad")
+    assert code == 2 and "unknown training option(s) epochz" in err
+
+
+def test_each_epoch_uses_every_positive_and_as_many_negatives(tiny_data, tmp_path):
+    totals = {}
+    fit(tiny_config(tiny_data, epochs=2), tmp_path / "run", on_step=lambda e, done, total, _: totals.setdefault(e, total), log=quiet)
+    assert totals == {0: 8, 1: 8}  # 4 defective + 4 of the 8 good training images per epoch

@@ -22,15 +22,12 @@ class Prediction:
 
 def load_model(run_dir: Path, device: str = "cpu", weights: str = runs.MODEL):
     """(model in eval mode on ``device``, its TrainConfig) from a run folder."""
-    from ..methods.segdec import TrainConfig, resolve_device
+    from ..methods.segdec import read_run_config, resolve_device
     from ..models.registry import model_from_config
 
     run_dir = runs.require_run(Path(run_dir), weights)
-    saved = runs.read_yaml(run_dir / runs.CONFIG)
-    if not isinstance(saved, dict) or "train" not in saved or "model" not in saved:
-        raise DataError(f"{run_dir / runs.CONFIG}: not a defectkit run config (needs 'train' and 'model')")
-    config = TrainConfig.from_dict(saved["train"])
-    model = model_from_config(saved["model"]["name"], saved["model"]["config"])
+    config, model_section = read_run_config(run_dir)
+    model = model_from_config(model_section["name"], model_section["config"])
     runs.load_weights(model, run_dir / weights)
     return model.to(resolve_device(device)).eval(), config
 

@@ -112,6 +112,15 @@ def paper_config(name: str, **overrides: Any) -> TrainConfig:
     return TrainConfig.from_dict(settings)
 
 
+def read_run_config(run_dir: Path) -> tuple[TrainConfig, dict]:
+    """(training config, model section) of a run folder's config.yaml."""
+    path = Path(run_dir) / runs.CONFIG
+    saved = runs.read_yaml(path)
+    if not isinstance(saved, dict) or "train" not in saved or "model" not in saved:
+        raise DataError(f"{path}: not a defectkit run config (needs 'train' and 'model')")
+    return TrainConfig.from_dict(saved["train"]), saved["model"]
+
+
 def loss_weights(epoch: int, epochs: int, delta: float, dynamic: bool) -> tuple[float, float]:
     """(segmentation weight, classification weight) for 0-based ``epoch``."""
     if dynamic:
@@ -216,7 +225,7 @@ def fit(
     out = Path(out)
     if resume:
         runs.require_run(out, runs.CHECKPOINT)
-        config = TrainConfig.from_dict(runs.read_yaml(out / runs.CONFIG)["train"])
+        config, _ = read_run_config(out)
         # the state travels inside the checkpoint, so weights and epoch can never disagree
         state = json.loads(runs.read_metadata(out / runs.CHECKPOINT).get("state", "{}"))
         if "epoch" not in state:
