@@ -15,7 +15,6 @@ import json
 import platform
 import shlex
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,6 +41,7 @@ def main() -> None:
     from defectkit.evaluate.metrics import combine_folds
     from defectkit.evaluate.run_eval import evaluate_run
     from defectkit.methods.segdec import fit, paper_config
+    from defectkit.runs import read_csv
 
     width, height = (int(v) for v in args.input_size.split("x"))
     extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
@@ -52,9 +52,9 @@ def main() -> None:
             epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, device=args.device, **extra,
         )
         out = Path(args.out) / f"fold{fold}"
-        started = time.perf_counter()
         fit(config, out, resume=(out / "checkpoint.safetensors").is_file(), log=lambda m: print(m, file=sys.stderr))
-        train_s = time.perf_counter() - started
+        # from the run's own log, so a resumed or finished run reports its whole training time
+        train_s = sum(float(row["seconds"]) for row in read_csv(out / "train_log.csv"))
         metrics = evaluate_run(out, device=args.device)
         seconds.append(train_s)
         per_fold.append(metrics)

@@ -167,12 +167,12 @@ def _print_metrics(metrics: dict, run_dir: Path) -> None:
     for column in ("AP", "AUROC", "F1", "threshold", "FP", "FN", "FP at FN=0"):
         table.add_column(column, justify="right")
     table.add_row(
-        f"{metrics['ap']:.4f}", f"{metrics['auroc']:.4f}", f"{metrics['f1']:.4f}", f"{metrics['threshold']:.4f}",
+        f"{metrics['ap']:.4f}", f"{metrics['auroc']:.4f}", f"{metrics['f1']:.4f}", f"{metrics['threshold']:.4f} (logit {metrics['threshold_logit']:.2f})",
         str(metrics["fp"]), str(metrics["fn"]), str(metrics["fp_at_fn0"]),
     )
     console = _console()
     console.print(table)
-    console.print(f"decision threshold {metrics['decision_threshold']:.4f} from {metrics['threshold_source']}")
+    console.print(f"decision threshold {metrics['decision_threshold']:.4f} (logit {metrics['decision_threshold_logit']:.2f}) from {metrics['threshold_source']}")
     console.print(f"run folder: {run_dir} (metrics.json, predictions.csv, pr_curve.png, roc_curve.png, model.safetensors)")
 
 
@@ -305,15 +305,15 @@ def predict(
                 except DataError as exc:
                     skipped.append(str(exc))
             for path, array, p in zip(batch, arrays, predictor.predict_batch(arrays) if arrays else []):
-                rows.append([str(path), repr(p.score), int(p.decision)])
+                rows.append([str(path), repr(p.score), repr(p.logit), int(p.decision)])
                 picture = overlay(array, p.heatmap)
                 cv2.imwrite(str(out / f"{path.stem}_overlay.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
             bar.advance(task, len(files[start : start + batch_size]))
-    runs.write_csv(out / "predictions.csv", ["image", "score", "decision"], rows)
+    runs.write_csv(out / "predictions.csv", ["image", "score", "logit", "decision"], rows)
     elapsed = time.perf_counter() - started
     for line in skipped:
         console.print(f"skipped: {line}", markup=False)
-    flagged = sum(r[2] for r in rows)
+    flagged = sum(r[3] for r in rows)
     console.print(f"{len(rows)} images, {flagged} defective at threshold {predictor.threshold:.4f}; {len(rows) / elapsed:.1f} images/s")
     console.print(f"wrote {out / 'predictions.csv'} and {len(rows)} overlays")
 

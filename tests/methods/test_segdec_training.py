@@ -169,7 +169,7 @@ def test_cli_train_eval_predict(tiny_data, tmp_path, run_cli):
     with open(tmp_path / "pred" / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 8 and len(list((tmp_path / "pred").glob("*_overlay.png"))) == 8
-    assert all(int(r["decision"]) == (float(r["score"]) >= metrics["decision_threshold"]) for r in rows)
+    assert all(int(r["decision"]) == (float(r["logit"]) >= metrics["decision_threshold_logit"]) for r in rows)
     code, _, err = run_cli("train", "--dataset", "synthetic", "--data-root", tiny_data, "--out", run)
     assert code == 2 and "already holds a run" in err
 
@@ -186,7 +186,7 @@ def test_predictor_accepts_path_array_and_pil(tiny_data, tmp_path):
     assert from_path.heatmap.shape == array.shape and from_path.heatmap.dtype == np.float32
     for other in (from_array, from_pil, from_float):
         assert other.score == pytest.approx(from_path.score, abs=1e-6)
-    assert 0 <= from_path.score <= 1 and from_path.decision == (from_path.score >= predictor.threshold)
+    assert 0 <= from_path.score <= 1 and from_path.decision == (from_path.logit >= predictor.threshold_logit)
     with pytest.raises(DataError, match="expected HxW or HxWx3"):
         predictor.predict(np.zeros((2, 3, 4, 5), np.uint8))
 

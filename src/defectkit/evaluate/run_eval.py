@@ -38,7 +38,7 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, devic
     """Score the run's test split with its final weights and write the evaluation files."""
     from ..data.datasets import read_dataset
     from ..infer.predictor import load_model
-    from ..methods.segdec import score_samples, split_samples
+    from ..methods.segdec import score_samples, sigmoid, split_samples
 
     run_dir = runs.require_run(Path(run_dir), weights)
     model, config = load_model(run_dir, device=device, weights=weights)
@@ -49,22 +49,29 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, devic
         raise DataError(f"dataset {config.dataset}: no test split to evaluate on")
     pre = config.preprocessing()
     labels = np.array([s.is_defective for s in test])
-    scores = score_samples(model, test, pre, device, config.eval_batch_size)
-    result = M.image_metrics(labels, scores)
+    logits = score_samples(model, test, pre, device, config.eval_batch_size)
+    result = M.image_metrics(labels, logits)  # rank metrics on logits: the exact probabilities' ranking
     validation = parts.get("validation")
     if validation and any(s.is_defective for s in validation):
-        val_scores = score_samples(model, validation, pre, device, config.eval_batch_size)
-        decision = M.best_f1_threshold([s.is_defective for s in validation], val_scores)["threshold"]
+        val_logits = score_samples(model, validation, pre, device, config.eval_batch_size)
+        decision = M.best_f1_threshold([s.is_defective for s in validation], val_logits)["threshold"]
         source = "validation (best F1)"
     else:
         decision, source = result["threshold"], "test (best F1; no validation split with defects)"
-    result.update(decision_threshold=float(decision), threshold_source=source, dataset=config.dataset, split=config.split, fold=config.fold, weights=weights)
+    # thresholds are reported as probabilities, with the logit beside (a probability can round to 1.0)
+    for key, logit in (("threshold", result["threshold"]), ("threshold_fn0", result["threshold_fn0"]), ("decision_threshold", decision)):
+        result[key] = float(sigmoid(logit))
+        result[f"{key}_logit"] = float(logit)
+    result.update(threshold_source=source, dataset=config.dataset, split=config.split, fold=config.fold, weights=weights)
     runs.write_json(run_dir / runs.METRICS, result)
     runs.write_csv(
         run_dir / runs.PREDICTIONS,
-        ["image", "name", "label", "score", "decision"],
-        ([str(s.image_path), s.name, int(s.is_defective), repr(float(score)), int(score >= decision)] for s, score in zip(test, scores)),
+        ["image", "name", "label", "score", "logit", "decision"],
+        (
+            [str(s.image_path), s.name, int(s.is_defective), repr(float(sigmoid(z))), repr(float(z)), int(z >= decision)]
+            for s, z in zip(test, logits)
+        ),
     )
     if len(set(labels.tolist())) == 2:
-        plot_curves(labels, scores, run_dir, f"{config.dataset} test")
+        plot_curves(labels, logits, run_dir, f"{config.dataset} test")
     return result

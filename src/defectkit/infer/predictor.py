@@ -15,9 +15,10 @@ from ..errors import DataError
 @dataclass
 class Prediction:
     score: float  # probability that the image shows a defect
-    decision: bool  # score >= the run's decision threshold
+    decision: bool  # logit >= the run's decision threshold (as a logit: probabilities can round to 1.0)
     heatmap: np.ndarray  # HxW float32 defect probability at the input image's resolution
-    threshold: float
+    threshold: float  # the decision threshold as a probability
+    logit: float
 
 
 def load_model(run_dir: Path, device: str = "cpu", weights: str = runs.MODEL):
@@ -56,8 +57,12 @@ def _to_array(image: Any, channels: int) -> np.ndarray:
 
 
 class Predictor:
-    def __init__(self, model, config, threshold: float, device: str = "cpu"):
-        self.model, self.config, self.threshold, self.device = model, config, float(threshold), device
+    def __init__(self, model, config, threshold_logit: float, device: str = "cpu"):
+        from ..methods.segdec import sigmoid
+
+        self.model, self.config, self.device = model, config, device
+        self.threshold_logit = float(threshold_logit)
+        self.threshold = float(sigmoid(self.threshold_logit))
         self.pre = config.preprocessing()
 
     def predict_batch(self, images: list) -> list[Prediction]:
@@ -70,12 +75,14 @@ class Predictor:
         x = np.stack([image_to_tensor_layout(resize(a, self.pre.input_size)) for a in arrays])
         with torch.inference_mode():
             logit, seg = self.model(torch.from_numpy(x).to(self.device))
-            scores = torch.sigmoid(logit).float().cpu().numpy()
+            logits = logit.double().cpu().numpy()
             maps = torch.sigmoid(seg[:, 0]).float().cpu().numpy()
+        from ..methods.segdec import sigmoid
+
         out = []
-        for array, score, small in zip(arrays, scores, maps):
+        for array, z, small in zip(arrays, logits, maps):
             heatmap = cv2.resize(small, (array.shape[1], array.shape[0]), interpolation=cv2.INTER_LINEAR)
-            out.append(Prediction(float(score), bool(score >= self.threshold), heatmap.astype(np.float32), self.threshold))
+            out.append(Prediction(float(sigmoid(z)), bool(z >= self.threshold_logit), heatmap.astype(np.float32), self.threshold, float(z)))
         return out
 
     def predict(self, image: Any) -> Prediction:
@@ -85,13 +92,13 @@ class Predictor:
 
 def load(run_dir: str | Path, device: str = "cpu", weights: str = runs.MODEL) -> Predictor:
     """A predictor from a run folder; the decision threshold comes from its metrics.json
-    (``decision_threshold``), or 0.5 before the run was evaluated."""
+    (``decision_threshold_logit``), or probability 0.5 (logit 0) before the run was evaluated."""
     run_dir = Path(run_dir)
     model, config = load_model(run_dir, device, weights)
-    threshold = 0.5
+    threshold_logit = 0.0
     if (run_dir / runs.METRICS).is_file():
-        threshold = runs.read_json(run_dir / runs.METRICS).get("decision_threshold", threshold)
-    return Predictor(model, config, threshold, device)
+        threshold_logit = runs.read_json(run_dir / runs.METRICS).get("decision_threshold_logit", threshold_logit)
+    return Predictor(model, config, threshold_logit, device)
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:

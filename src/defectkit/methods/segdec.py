@@ -189,20 +189,29 @@ def build_model(config: TrainConfig):
 
 
 def score_samples(model, samples: list[Sample], pre: Preprocessing, device, batch_size: int = 4, with_maps: bool = False):
-    """Image scores (sigmoid of the image logit) and, optionally, 1/8-resolution defect maps."""
+    """Image logits (float64) and, optionally, 1/8-resolution defect probability maps.
+
+    Logits, not probabilities: a confident network's sigmoid rounds to exactly 1.0 even in
+    float64, which would tie images the network ranks apart. The ranking, and so AP and
+    AUROC, is the same as that of the exact probabilities."""
     import torch
 
     model.eval()
-    scores, maps = [], []
+    logits, maps = [], []
     with torch.inference_mode():
         for start in range(0, len(samples), batch_size):
             x = torch.from_numpy(np.stack([pre.image(s) for s in samples[start : start + batch_size]])).to(device)
             logit, seg = model(x)
-            scores.append(torch.sigmoid(logit).float().cpu().numpy())
+            logits.append(logit.double().cpu().numpy())
             if with_maps:
                 maps.append(torch.sigmoid(seg[:, 0]).float().cpu().numpy())
-    scores = np.concatenate(scores) if scores else np.empty(0, np.float32)
-    return (scores, np.concatenate(maps)) if with_maps else scores
+    logits = np.concatenate(logits) if logits else np.empty(0, np.float64)
+    return (logits, np.concatenate(maps)) if with_maps else logits
+
+
+def sigmoid(logit):
+    """Probability from a logit, in float64 (scalar or array)."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(logit, dtype=np.float64)))
 
 
 LOG_FIELDS = ["epoch", "loss", "loss_seg", "loss_cls", "weight_seg", "weight_cls", "train_accuracy", "val_ap", "seconds"]
@@ -295,8 +304,7 @@ def fit(
         n = len(order)
         val_ap = None
         if validation and config.validate_every and ((epoch + 1) % config.validate_every == 0 or epoch + 1 == config.epochs):
-            scores = score_samples(model, validation, pre, device, config.eval_batch_size)
-            val_ap = average_precision([s.is_defective for s in validation], scores)
+            val_ap = average_precision([s.is_defective for s in validation], score_samples(model, validation, pre, device, config.eval_batch_size))
             if state["best_val_ap"] is None or val_ap > state["best_val_ap"]:
                 state.update(best_val_ap=float(val_ap), best_epoch=epoch)
                 runs.save_weights(out / runs.BEST, model.state_dict())
