@@ -62,8 +62,8 @@ def main() -> None:
               f"FP@FN=0 {metrics['fp_at_fn0']} ({train_s / 60:.1f} min training)", flush=True)
     total = combine_folds(per_fold)
     print()
-    print(f"| fold | AP | AUROC | FP | FN | FP at FN=0 | train min |")
-    print(f"|---|---|---|---|---|---|---|")
+    print("| fold | AP | AUROC | FP | FN | FP at FN=0 | train min |")
+    print("|---|---|---|---|---|---|---|")
     for metrics, fold, s in zip(per_fold, args.folds.split(","), seconds):
         print(f"| {fold} | {metrics['ap']:.4f} | {metrics['auroc']:.4f} | {metrics['fp']} | {metrics['fn']} | {metrics['fp_at_fn0']} | {s / 60:.1f} |")
     print(f"| mean / sum | {total['ap']:.4f} | {total['auroc']:.4f} | {total['fp']} | {total['fn']} | {total['fp_at_fn0']} | {sum(seconds) / 60:.1f} |")
