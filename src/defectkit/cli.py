@@ -215,7 +215,8 @@ def train(
         from .methods.segdec import read_run_config
         from .runs import require_run
 
-        _train_with_progress(read_run_config(require_run(resume))[0], resume, True)
+        train_config = read_run_config(require_run(resume))[0]
+        _train_with_progress(train_config, resume, True)
         run_dir = resume
     else:
         if out is None:
@@ -235,14 +236,15 @@ def train(
             device=device, validate_every=validate_every,
         )
         values.update({k: v for k, v in cli_values.items() if v is not None})
-        name = config or values.pop("config", None)
+        name = values.pop("config", None)
+        name = config or name
         if name is None:
             name = values.get("dataset") if values.get("dataset") in PAPER_SETTINGS else "demo"
         train_config = paper_config(name, **values)
         _train_with_progress(train_config, out, False)
         run_dir = out
     if evaluate:
-        _print_metrics(evaluate_run(run_dir, device=device or "cpu"), run_dir)
+        _print_metrics(evaluate_run(run_dir, device=train_config.device), run_dir)
 
 
 @app.command("eval")

@@ -221,3 +221,21 @@ def test_each_epoch_uses_every_positive_and_as_many_negatives(tiny_data, tmp_pat
     totals = {}
     fit(tiny_config(tiny_data, epochs=2), tmp_path / "run", on_step=lambda e, done, total, _: totals.setdefault(e, total), log=quiet)
     assert totals == {0: 8, 1: 8}  # 4 defective + 4 of the 8 good training images per epoch
+
+
+def test_validation_keeps_the_best_model_and_sets_the_threshold(tmp_path):
+    import shutil
+
+    root = generate(tmp_path / "data", n_train_good=8, n_train_defective=4, n_test_good=4, n_test_defective=4, size=(64, 128), seed=2)
+    for kind in ("good", "defective"):  # the folder reader recognises validation/ beside train/ and test/
+        shutil.copytree(root / "test" / kind, root / "validation" / kind)
+    (root / "synthetic.json").unlink()  # now a plain folder dataset
+    config = tiny_config(root, dataset="folder", epochs=2, validate_every=1)
+    fit(config, tmp_path / "run", log=quiet)
+    with open(tmp_path / "run" / runs.TRAIN_LOG) as f:
+        assert all(row["val_ap"] for row in csv.DictReader(f))
+    assert (tmp_path / "run" / runs.BEST).is_file()
+    from defectkit.evaluate.run_eval import evaluate_run
+
+    metrics = evaluate_run(tmp_path / "run")
+    assert metrics["threshold_source"].startswith("validation")
