@@ -188,8 +188,8 @@ def build_model(config: TrainConfig):
     return create_model(config.method, config.preset, in_channels=config.channels, **config.model_overrides)
 
 
-def score_samples(model, samples: list[Sample], pre: Preprocessing, device, batch_size: int = 4, with_maps: bool = False):
-    """Image logits (float64) and, optionally, 1/8-resolution defect probability maps.
+def score_samples(model, samples: list[Sample], pre: Preprocessing, device, batch_size: int = 4) -> np.ndarray:
+    """Image logits (float64).
 
     Logits, not probabilities: a confident network's sigmoid rounds to exactly 1.0 even in
     float64, which would tie images the network ranks apart. The ranking, and so AP and
@@ -197,16 +197,12 @@ def score_samples(model, samples: list[Sample], pre: Preprocessing, device, batc
     import torch
 
     model.eval()
-    logits, maps = [], []
+    logits = []
     with torch.inference_mode():
         for start in range(0, len(samples), batch_size):
             x = torch.from_numpy(np.stack([pre.image(s) for s in samples[start : start + batch_size]])).to(device)
-            logit, seg = model(x)
-            logits.append(logit.double().cpu().numpy())
-            if with_maps:
-                maps.append(torch.sigmoid(seg[:, 0]).float().cpu().numpy())
-    logits = np.concatenate(logits) if logits else np.empty(0, np.float64)
-    return (logits, np.concatenate(maps)) if with_maps else logits
+            logits.append(model(x)[0].double().cpu().numpy())
+    return np.concatenate(logits) if logits else np.empty(0, np.float64)
 
 
 def sigmoid(logit):
