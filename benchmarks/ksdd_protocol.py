@@ -11,12 +11,10 @@ date and command) are appended as JSON lines to --results for docs/benchmarks.md
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import shlex
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
+
+from common import append_result, provenance
 
 
 def main() -> None:
@@ -35,7 +33,6 @@ def main() -> None:
     parser.add_argument("--results", default="benchmarks/results.jsonl")
     args = parser.parse_args()
 
-    import torch
     import yaml
 
     from defectkit.evaluate.metrics import combine_folds
@@ -68,14 +65,11 @@ def main() -> None:
         print(f"| {fold} | {metrics['ap']:.4f} | {metrics['auroc']:.4f} | {metrics['fp']} | {metrics['fn']} | {metrics['fp_at_fn0']} | {s / 60:.1f} |")
     print(f"| mean / sum | {total['ap']:.4f} | {total['auroc']:.4f} | {total['fp']} | {total['fn']} | {total['fp_at_fn0']} | {sum(seconds) / 60:.1f} |")
     record = {
-        "benchmark": "ksdd_protocol", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "ap_mean": total["ap"], "auroc_mean": total["auroc"],
+        "benchmark": "ksdd_protocol", **provenance(), "ap_mean": total["ap"], "auroc_mean": total["auroc"],
         "fp_sum": total["fp"], "fn_sum": total["fn"], "fp_at_fn0_sum": total["fp_at_fn0"], "train_minutes": [round(s / 60, 2) for s in seconds],
         "folds": [{k: m[k] for k in ("ap", "auroc", "fp", "fn", "fp_at_fn0", "n_images", "n_defective")} for m in per_fold],
     }
-    with open(args.results, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
+    append_result(args.results, record)
 
 
 if __name__ == "__main__":

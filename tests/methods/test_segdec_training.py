@@ -45,6 +45,12 @@ def test_named_configs_hold_the_papers_settings():
     steel = paper_config("severstal")
     assert (steel.input_size, steel.dilate, steel.batch_size, steel.learning_rate, steel.delta) == ((1600, 256), 1, 10, 0.1, 0.1)
     assert all(getattr(ksdd, f) for f in ("dynamic_balancing", "gradient_adjustment", "weighted_segmentation", "frequency_sampling"))
+    # Weak splits (N = 0) take the reference scripts' weak settings; explicit options still win.
+    weak = paper_config("ksdd", split="33_0")
+    assert (weak.learning_rate, weak.delta, weak.dynamic_balancing, weak.gradient_adjustment) == (0.01, 1.0, False, True)
+    assert paper_config("ksdd", split="33_0", learning_rate=0.5).learning_rate == 0.5
+    assert paper_config("ksdd", split="33_5").learning_rate == 1.0
+    assert [paper_config(n, split=k).dynamic_balancing for n, k in (("dagm", "0"), ("ksdd2", "0"), ("severstal", "300_0"), ("dagm", "15"))] == [False, False, False, True]
     with pytest.raises(ConfigError, match="unknown config 'mvtec'"):
         paper_config("mvtec")
     with pytest.raises(ConfigError, match="unknown training option"):

@@ -98,13 +98,34 @@ PAPER_SETTINGS: dict[str, dict[str, Any]] = {
     "demo": dict(dataset="synthetic", preset="small", input_size=(128, 128), channels=1, dilate=3, epochs=15, learning_rate=0.05, delta=1.0, batch_size=4, weight_p=2.0, weight_max=3.0, validate_every=0),
 }
 SEVERSTAL_EPOCHS = {300: 90, 750: 80, 1500: 60, 3000: 40}  # by number of training positives
+# Weakly supervised runs (split with N = 0 pixel-labelled positives): the reference scripts
+# (EXPERIMENTS_COMIND.sh, the N_0 rows) switch dynamic balancing off everywhere and train
+# KolektorSDD with lr 0.01 and delta 1 instead of lr 1 and delta 0.01.
+WEAK_SETTINGS: dict[str, dict[str, Any]] = {
+    "dagm": dict(dynamic_balancing=False),
+    "ksdd": dict(dynamic_balancing=False, learning_rate=0.01, delta=1.0),
+    "ksdd2": dict(dynamic_balancing=False),
+    "severstal": dict(dynamic_balancing=False),
+}
+
+
+def is_weak_split(split: str | None) -> bool:
+    """True for an official split key whose last number (N pixel-labelled positives) is 0."""
+    try:
+        return split is not None and int(str(split).split("_")[-1]) == 0
+    except ValueError:
+        return False
 
 
 def paper_config(name: str, **overrides: Any) -> TrainConfig:
-    """A named configuration (``ksdd``, ``dagm``, ``ksdd2``, ``severstal``, ``demo``) with overrides."""
+    """A named configuration (``ksdd``, ``dagm``, ``ksdd2``, ``severstal``, ``demo``) with overrides.
+
+    A weak split (N = 0, e.g. ``--split 33_0``) gets the reference's weakly supervised settings."""
     if name not in PAPER_SETTINGS:
         raise ConfigError(f"unknown config '{name}'; available: {', '.join(PAPER_SETTINGS)}")
     settings = dict(PAPER_SETTINGS[name])
+    if is_weak_split(overrides.get("split")):
+        settings.update(WEAK_SETTINGS.get(name, {}))
     if name == "severstal" and overrides.get("split") and "epochs" not in overrides:
         positives = int(str(overrides["split"]).split("_")[0])
         settings["epochs"] = SEVERSTAL_EPOCHS.get(positives, settings["epochs"])

@@ -11,6 +11,8 @@ from .layers import ConvBlock, FeatureNorm, GradientMultiply, gradient_multiply
 from .registry import create_model, list_models, list_presets, model_config, register_model
 from .segdec import PRESETS as SEGDEC_PRESETS
 from .segdec import SegDecConfig, SegDecNet, upsample_heatmap
+from .attention import AttentionConfig, AttentionNet
+from .unet import UNet, UNetConfig
 
 __all__ = [
     "ModelConfig",
@@ -31,4 +33,8 @@ __all__ = [
     "SegDecConfig",
     "SegDecNet",
     "upsample_heatmap",
+    "AttentionConfig",
+    "AttentionNet",
+    "UNet",
+    "UNetConfig",
 ]
