@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	touch $@
 
 demo: venv
-	$(BIN)/defectkit datasets inspect --dataset synthetic
+	$(BIN)/defectkit demo
 
 test: venv
 	$(BIN)/python -m pytest -n $(WORKERS) -q

@@ -32,6 +32,18 @@ def dagm_sample_root(tmp_path_factory) -> Path:
     return _extract(tmp_path_factory, "dagm_sample.tar.xz", "DAGM_sample")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tests run tiny convs, which gain nothing from threads, and spinning OpenMP threads crawl
+    when pytest-xdist workers share the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Run ``defectkit ARGS...`` in-process; returns (exit code, stdout, stderr)."""

@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 datasets_app = typer.Typer(help="List, inspect and download datasets.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
+attention_app = typer.Typer(help="EAR's MNIST attention model: retrain it from MNIST.", no_args_is_help=True)
+app.add_typer(attention_app, name="attention")
 
 
 def _console(stderr: bool = False):
@@ -145,7 +147,7 @@ def _parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
 def _train_with_progress(config, out: Path, resume: bool) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .methods.segdec import fit
+    from .methods.registry import get_method
 
     console = _console()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[losses]}"), console=console) as bar:
@@ -154,68 +156,143 @@ def _train_with_progress(config, out: Path, resume: bool) -> None:
         def on_step(epoch, done, total, losses):
             if epoch not in tasks:
                 tasks[epoch] = bar.add_task(f"epoch {epoch + 1}/{config.epochs}", total=total, losses="")
-            text = f"loss {losses['loss']:.4f}  seg {losses['loss_seg']:.4f}  cls {losses['loss_cls']:.4f}"
+            text = "  ".join(f"{k.removeprefix('loss_')} {v:.4f}" for k, v in losses.items())
             bar.update(tasks[epoch], completed=done, losses=text)
 
-        fit(config, out, resume=resume, on_step=on_step, log=lambda m: console.print(m, markup=False))
+        get_method(config.method).fit(config, out, resume=resume, on_step=on_step, log=lambda m: console.print(m, markup=False))
 
 
 def _print_metrics(metrics: dict, run_dir: Path) -> None:
     from rich.table import Table
 
+    logit = "threshold_logit" in metrics  # the supervised net: thresholds as probabilities with their logits
     table = Table(title=f"test metrics ({metrics['n_images']} images, {metrics['n_defective']} defective)")
     for column in ("AP", "AUROC", "F1", "threshold", "FP", "FN", "FP at FN=0"):
         table.add_column(column, justify="right")
     table.add_row(
-        f"{metrics['ap']:.4f}", f"{metrics['auroc']:.4f}", f"{metrics['f1']:.4f}", f"{metrics['threshold']:.4f} (logit {metrics['threshold_logit']:.2f})",
+        f"{metrics['ap']:.4f}", f"{metrics['auroc']:.4f}", f"{metrics['f1']:.4f}",
+        f"{metrics['threshold']:.4f} (logit {metrics['threshold_logit']:.2f})" if logit else f"{metrics['threshold']:.5g}",
         str(metrics["fp"]), str(metrics["fn"]), str(metrics["fp_at_fn0"]),
     )
     console = _console()
     console.print(table)
-    console.print(f"decision threshold {metrics['decision_threshold']:.4f} (logit {metrics['decision_threshold_logit']:.2f}) from {metrics['threshold_source']}")
+    if "pixel_auroc" in metrics:
+        width, height = metrics["pixel_size"]
+        console.print(f"pixel AUROC {metrics['pixel_auroc']:.4f}  pixel AP {metrics['pixel_ap']:.4f}  AUPRO {metrics['aupro']:.4f} ({metrics['pixel_images']} images at {width}x{height})")
+    if logit:
+        console.print(f"decision threshold {metrics['decision_threshold']:.4f} (logit {metrics['decision_threshold_logit']:.2f}) from {metrics['threshold_source']}")
+    else:
+        console.print(f"decision threshold {metrics['decision_threshold']:.5g} (anomaly score) from {metrics['threshold_source']}")
     console.print(f"run folder: {run_dir} (metrics.json, predictions.csv, pr_curve.png, roc_curve.png, model.safetensors)")
+
+
+def _parse_flags(text: Optional[str], option: str) -> Optional[list[bool]]:
+    if text is None:
+        return None
+    from .errors import ConfigError
+
+    if not text or set(text) - {"0", "1"}:
+        raise ConfigError(f"{option} takes one 0/1 digit per skip connection, shallow to deep (e.g. 0011), got '{text}'")
+    return [c == "1" for c in text]
+
+
+def _parse_ints(text: Optional[str], option: str) -> Optional[list[int]]:
+    if text is None:
+        return None
+    from .errors import ConfigError
+
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{option} takes comma-separated integers (e.g. 2,4,8,16), got '{text}'") from None
+
+
+_SEGDEC_ONLY = {
+    "delta": "--delta", "dilate": "--dilate", "weight_p": "--weight-p", "weight_max": "--weight-max",
+    "dynamic_balancing": "--dynamic-balancing", "gradient_adjustment": "--gradient-adjustment",
+    "weighted_segmentation": "--weighted-segmentation", "frequency_sampling": "--frequency-sampling",
+    "validate_every": "--validate-every",
+}
+_UNSUPERVISED_ONLY = {
+    "weight_decay": "--weight-decay", "mean_filter": "--mean-filter", "threshold_quantile": "--threshold-quantile", "holdout": "--holdout",
+    "attention_weights": "--attention-weights", "mask_rule": "--mask-rule", "mask_share": "--mask-share",
+    "mask_threshold": "--mask-threshold", "fill": "--fill", "inference_skips": "--inference-skips", "ks": "--ks",
+}
+_EAR_ONLY = ("attention_weights", "mask_rule", "mask_share", "mask_threshold", "fill", "inference_skips")
+
+
+def _method_config(name: str, values: dict, named: Optional[str]):
+    """A training config of method ``name`` from option values (CLI over YAML)."""
+    from .errors import ConfigError
+    from .methods.registry import get_method
+
+    method = get_method(name)
+    wrong = {"segdec": _UNSUPERVISED_ONLY, "ear": {**_SEGDEC_ONLY, "ks": "--ks"}, "riad": {**_SEGDEC_ONLY, **{k: _UNSUPERVISED_ONLY[k] for k in _EAR_ONLY}}}[name]
+    given = [flag for key, flag in wrong.items() if values.get(key) is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} do(es) not apply to --method {name}")
+    if name == "segdec":
+        from .methods.segdec import PAPER_SETTINGS, paper_config
+
+        if named is None:
+            named = values.get("dataset") if values.get("dataset") in PAPER_SETTINGS else "demo"
+        return paper_config(named, **values)
+    if named is not None:
+        raise ConfigError(f"--config names settings of the supervised network; --method {name} has none (set options directly)")
+    return method.config_cls.from_dict({k: v for k, v in values.items() if v is not None})
 
 
 @app.command()
 def train(
     config_file: Optional[Path] = typer.Argument(None, help="A YAML file holding training options (same names as below, with underscores)."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="segdec (supervised, default), ear or riad (unsupervised: trained on good images only)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="ksdd, ksdd2, dagm, severstal, folder or synthetic."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder holding the dataset."),
     split: Optional[str] = typer.Option(None, "--split", help="Official split key, e.g. 33_33 (KSDD) or 246 (KSDD2)."),
     fold: Optional[int] = typer.Option(None, "--fold", help="Fold (KSDD 0..2) or class (DAGM 1..10)."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="Named settings: ksdd, dagm, ksdd2, severstal (the papers') or demo. Default: the dataset's own, else demo."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Model preset: paper, small, tiny."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="segdec: named settings ksdd, dagm, ksdd2, severstal (the papers') or demo. Default: the dataset's own, else demo."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Model preset: paper, small, tiny (segdec: the two-stage net; ear/riad: the U-Net)."),
     input_size: Optional[str] = typer.Option(None, "--input-size", help="WIDTHxHEIGHT, both multiples of 8."),
     channels: Optional[int] = typer.Option(None, "--channels", help="1 (gray) or 3 (RGB)."),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="SGD learning rate."),
-    delta: Optional[float] = typer.Option(None, "--delta", help="Weight of the classification loss."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (segdec: SGD; ear/riad: Adam, default 1e-4)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    dilate: Optional[int] = typer.Option(None, "--dilate", help="Mask dilation kernel size."),
-    weight_p: Optional[float] = typer.Option(None, "--weight-p", help="Exponent p of the distance-transform weights."),
-    weight_max: Optional[float] = typer.Option(None, "--weight-max", help="MAX of the distance-transform weights."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu (default) or cuda."),
+    delta: Optional[float] = typer.Option(None, "--delta", help="segdec: weight of the classification loss."),
+    dilate: Optional[int] = typer.Option(None, "--dilate", help="segdec: mask dilation kernel size."),
+    weight_p: Optional[float] = typer.Option(None, "--weight-p", help="segdec: exponent p of the distance-transform weights."),
+    weight_max: Optional[float] = typer.Option(None, "--weight-max", help="segdec: MAX of the distance-transform weights."),
     dynamic_balancing: Optional[bool] = typer.Option(None, "--dynamic-balancing/--no-dynamic-balancing"),
     gradient_adjustment: Optional[bool] = typer.Option(None, "--gradient-adjustment/--no-gradient-adjustment"),
     weighted_segmentation: Optional[bool] = typer.Option(None, "--weighted-segmentation/--no-weighted-segmentation"),
     frequency_sampling: Optional[bool] = typer.Option(None, "--frequency-sampling/--no-frequency-sampling"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu (default) or cuda."),
-    validate_every: Optional[int] = typer.Option(None, "--validate-every", help="Validate every N epochs when there is a validation split (0: never)."),
+    validate_every: Optional[int] = typer.Option(None, "--validate-every", help="segdec: validate every N epochs when there is a validation split (0: never)."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="ear/riad: Adam weight decay (default 1e-5)."),
+    mean_filter: Optional[int] = typer.Option(None, "--mean-filter", help="ear/riad: anomaly-map mean filter size (default: 21 at a 256-pixel shorter side, scaled)."),
+    threshold_quantile: Optional[float] = typer.Option(None, "--threshold-quantile", help="ear/riad: decision threshold = this quantile of good images' scores when no validation split has defects (default 0.99)."),
+    holdout: Optional[float] = typer.Option(None, "--holdout", help="ear/riad: share of good training images held out to set that threshold (default 0.1; 0: use the training images)."),
+    attention_weights: Optional[Path] = typer.Option(None, "--attention-weights", help="ear: attention weights (.safetensors with its .json); default: the shipped MNIST ones."),
+    mask_rule: Optional[str] = typer.Option(None, "--mask-rule", help="ear: 'share' (hide the top --mask-share of pixels by attention, default) or 'threshold'."),
+    mask_share: Optional[float] = typer.Option(None, "--mask-share", help="ear: share of pixels excised (default 0.1)."),
+    mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", help="ear: excise pixels whose normalised attention is at least this (with --mask-rule threshold)."),
+    fill: Optional[str] = typer.Option(None, "--fill", help="ear: what fills the excised pixels: zeros (default, paper v1) or mosaic (v2)."),
+    inference_skips: Optional[str] = typer.Option(None, "--inference-skips", help="ear: U-Net skips on at inference, one 0/1 per level shallow to deep (default 0011)."),
+    ks: Optional[str] = typer.Option(None, "--ks", help="riad: cell sizes k, comma-separated (default 2,4,8,16)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder to create."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder after its last finished epoch."),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate on the test split after training."),
 ):
-    """Train the supervised two-stage network (segmentation + decision, end-to-end)."""
+    """Train a method: the supervised two-stage network (default), or EAR / RIAD on good images only."""
     from .errors import ConfigError
     from .evaluate.run_eval import evaluate_run
-    from .methods.segdec import PAPER_SETTINGS, paper_config
     from .runs import read_yaml
 
     if resume is not None:
-        from .methods.segdec import read_run_config
+        from .methods.registry import method_of_run
         from .runs import require_run
 
-        train_config = read_run_config(require_run(resume))[0]
+        train_config = method_of_run(require_run(resume)).read_run_config(resume)
         _train_with_progress(train_config, resume, True)
         run_dir = resume
     else:
@@ -233,14 +310,18 @@ def train(
             batch_size=batch_size, dilate=dilate, weight_p=weight_p, weight_max=weight_max,
             dynamic_balancing=dynamic_balancing, gradient_adjustment=gradient_adjustment,
             weighted_segmentation=weighted_segmentation, frequency_sampling=frequency_sampling, seed=seed,
-            device=device, validate_every=validate_every,
+            device=device, validate_every=validate_every, weight_decay=weight_decay, mean_filter=mean_filter,
+            threshold_quantile=threshold_quantile, holdout=holdout,
+            attention_weights=str(attention_weights) if attention_weights else None, mask_rule=mask_rule,
+            mask_share=mask_share, mask_threshold=mask_threshold, fill=fill,
+            inference_skips=_parse_flags(inference_skips, "--inference-skips"), ks=_parse_ints(ks, "--ks"),
         )
         values.update({k: v for k, v in cli_values.items() if v is not None})
-        name = values.pop("config", None)
-        name = config or name
-        if name is None:
-            name = values.get("dataset") if values.get("dataset") in PAPER_SETTINGS else "demo"
-        train_config = paper_config(name, **values)
+        name = method or values.pop("method", None) or "segdec"
+        values.pop("method", None)
+        named_in_file = values.pop("config", None)
+        named = config or named_in_file
+        train_config = _method_config(name, values, named)
         _train_with_progress(train_config, out, False)
         run_dir = out
     if evaluate:
@@ -307,8 +388,8 @@ def predict(
                 except DataError as exc:
                     skipped.append(str(exc))
             for path, array, p in zip(batch, arrays, predictor.predict_batch(arrays) if arrays else []):
-                rows.append([str(path), repr(p.score), repr(p.logit), int(p.decision)])
-                picture = overlay(array, p.heatmap)
+                rows.append([str(path), repr(p.score), "" if p.logit is None else repr(p.logit), int(p.decision)])
+                picture = overlay(array, p.heatmap, scale=predictor.heatmap_scale)
                 cv2.imwrite(str(out / f"{path.stem}_overlay.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
             bar.advance(task, len(files[start : start + batch_size]))
     runs.write_csv(out / "predictions.csv", ["image", "score", "logit", "decision"], rows)
@@ -330,18 +411,75 @@ def demo(
     import shutil
 
     from .data.readers.synthetic import default_root
-    from .data.synthetic import generate
+    from .data.synthetic import DEMO_COUNTS, generate
     from .evaluate.run_eval import evaluate_run
     from .methods.segdec import paper_config
 
-    data_root = default_root() if size == 128 else default_root().with_name(f"synthetic-{size}")
-    generate(data_root, size=(size, size))
+    data_root = default_root().with_name(f"synthetic-demo-{size}")
+    _console().print(f"generating the synthetic demo data in {data_root} (reused when already there)")
+    generate(data_root, size=(size, size), **DEMO_COUNTS)
     if (out / "config.yaml").is_file():
         shutil.rmtree(out)
     config = paper_config("demo", data_root=str(data_root), input_size=(size, size), epochs=epochs)
     _console().print(f"training the '{config.preset}' network on {data_root} for {config.epochs} epochs (CPU)")
     _train_with_progress(config, out, False)
     _print_metrics(evaluate_run(out), out)
+
+
+@attention_app.command("pretrain")
+def attention_pretrain(
+    mnist: Path = typer.Option(..., "--mnist", help="MNIST as a CSV (.csv/.csv.gz, label last), a folder of idx files, or an *-images-idx3-ubyte file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Weights file to write (NAME.safetensors; NAME.json is written beside it)."),
+    epochs: int = typer.Option(12, "--epochs", help="12 for the shipped weights (3 min on one CPU thread)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="32 in the paper."),
+    lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate (1e-4 in the paper)."),
+    holdout: int = typer.Option(1000, "--holdout", help="Digits held out for the test accuracy (not used when a folder holds the t10k test files)."),
+    label_column: str = typer.Option("last", "--label-column", help="CSV only: 'last' or 'first'."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device"),
+):
+    """Train the MNIST spatial-attention classifier whose attention EAR excises (Adam, cross-entropy)."""
+    import time
+
+    import numpy as np
+    import torch
+
+    from .data.mnist import read_mnist
+    from .methods.attention_pretrain import accuracy, holdout_split, pretrain, save_attention
+    from .methods.segdec import resolve_device
+
+    console = _console()
+    data = read_mnist(mnist, "train", label_column=label_column)
+    if mnist.is_dir() and any(mnist.glob("t10k-*")):
+        train_images, train_labels = data
+        test_images, test_labels = read_mnist(mnist, "test")
+        test_note = f"the {len(test_images)} digits of the t10k test files"
+    else:
+        train_idx, test_idx = holdout_split(len(data.images), holdout, seed)
+        train_images, train_labels = data.images[train_idx], data.labels[train_idx]
+        test_images, test_labels = data.images[test_idx], data.labels[test_idx]
+        test_note = f"{len(test_images)} held-out digits (seed {seed})"
+    dev = resolve_device(device)
+    console.print(f"training on {len(train_images)} digits from {mnist}; testing on {test_note}", markup=False)
+    started = time.perf_counter()
+
+    def on_epoch(epoch, loss, seconds):
+        console.print(f"epoch {epoch + 1}/{epochs}: loss {loss:.4f} ({seconds:.1f} s)")
+
+    model = pretrain(train_images, train_labels, epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, device=dev, on_epoch=on_epoch)
+    seconds = time.perf_counter() - started
+    test_accuracy = accuracy(model, test_images, test_labels, dev)
+    train_accuracy = accuracy(model, train_images, train_labels, dev)
+    training = {
+        "data": mnist.name, "n_train": int(len(train_images)), "test": test_note, "n_test": int(len(test_images)),
+        "test_accuracy": round(test_accuracy, 6), "train_accuracy": round(train_accuracy, 6), "epochs": epochs,
+        "batch_size": batch_size, "learning_rate": lr, "optimizer": "Adam", "loss": "cross-entropy", "seed": seed,
+        "seconds": round(seconds, 1), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "class_counts": np.bincount(train_labels, minlength=10).tolist(),
+    }
+    save_attention(model.cpu(), out, training)
+    console.print(f"test accuracy {test_accuracy:.4f} on {test_note} (train {train_accuracy:.4f}); {seconds / 60:.1f} min", markup=False)
+    console.print(f"wrote {out} and {out.with_suffix('.json')}", markup=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,17 +3,32 @@
 =====================  ==========================================================
 file                   what
 =====================  ==========================================================
-config.yaml            everything needed to rebuild the model and redo the run
+config.yaml            everything needed to rebuild the model and redo the run:
+                       ``method`` (segdec, ear, riad; absent in runs made before
+                       there were several: segdec), ``train`` (the method's
+                       training config), ``model`` (registry name and config)
+                       and, for EAR, ``attention`` (the attention net's config)
 model.safetensors      final weights
-best.safetensors       weights of the best validation epoch (when validation ran)
+best.safetensors       segdec: weights of the best validation epoch (when validation ran)
 checkpoint.safetensors weights after the last finished epoch, with the training state
-                       (epoch, best validation AP) in its metadata: the resume point
-train_log.csv          one row per epoch: losses, validation AP, seconds
-metrics.json           test metrics (ap, auroc, threshold, fp, fn, fp_at_fn0, ...)
+                       (epoch, best validation AP) in its metadata: the resume point;
+                       EAR/RIAD keep Adam's moments in it too (``model.*`` and
+                       ``optimizer.*`` tensors)
+attention.safetensors  EAR: the attention weights the run excises with (a copy)
+threshold.json         EAR/RIAD: the decision threshold fixed when training ended,
+                       with its source (validation best F1 or a good-image quantile)
+train_log.csv          one row per epoch: losses, validation AP (segdec), seconds
+metrics.json           test metrics (ap, auroc, threshold, fp, fn, fp_at_fn0, ...,
+                       decision_threshold and threshold_source; pixel_auroc,
+                       pixel_ap, aupro when test masks exist)
 predictions.csv        image, label, score, decision on the evaluated split
 pr_curve.png           precision-recall curve of the evaluated split
 roc_curve.png          ROC curve of the evaluated split
 =====================  ==========================================================
+
+Scores: segdec's are probabilities (its logits beside them, and the ``*_logit`` keys of
+metrics.json); EAR's and RIAD's are anomaly scores (max of the smoothed anomaly map), and
+their thresholds are in the same units.
 
 Every file is written atomically (temp file in the same folder, then ``os.replace``), so a
 killed run never leaves a half-written checkpoint.
@@ -38,6 +53,8 @@ METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
 PR_CURVE = "pr_curve.png"
 ROC_CURVE = "roc_curve.png"
+ATTENTION = "attention.safetensors"
+THRESHOLD = "threshold.json"
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -201,7 +201,7 @@ def test_demo_at_a_tiny_size(tmp_path, monkeypatch, run_cli):
     monkeypatch.setenv("DEFECTKIT_CACHE", str(tmp_path / "cache"))
     code, out, err = run_cli("demo", "--out", tmp_path / "demo", "--epochs", "1", "--size", "128")
     assert code == 0, err
-    assert "test metrics (60 images, 30 defective)" in out
+    assert "test metrics (100 images, 50 defective)" in out
     assert (tmp_path / "demo" / "metrics.json").is_file()
 
 

@@ -19,13 +19,6 @@ from defectkit.models import (
 OFF = (False, False, False, False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _tiny(seed: int = 0, **overrides) -> UNet:
     torch.manual_seed(seed)

@@ -34,44 +34,93 @@ def plot_curves(labels: np.ndarray, scores: np.ndarray, run_dir: Path, title: st
         tmp.replace(run_dir / name)
 
 
+# Pixel metrics pool every pixel of the test split; past this many the maps are compared at a
+# power-of-two fraction of the input size, so evaluation stays cheap at the papers' sizes.
+PIXEL_BUDGET = 1 << 25  # e.g. a KolektorSDD fold's 133 test images at 256x704
+
+
+def pixel_size(n_images: int, input_size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) pixel metrics are computed at: the input size, halved until within budget."""
+    width, height = input_size
+    factor = 1
+    while n_images * (width // factor) * (height // factor) > PIXEL_BUDGET and min(width, height) // factor > 8:
+        factor *= 2
+    return width // factor, height // factor
+
+
+def resize_to(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """float32 map at ``size`` = (width, height): area average when shrinking, bilinear when enlarging."""
+    import cv2
+
+    array = np.asarray(array, dtype=np.float32)
+    if (array.shape[1], array.shape[0]) == tuple(size):
+        return array
+    shrink = size[0] <= array.shape[1] and size[1] <= array.shape[0]
+    return cv2.resize(array, tuple(size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def mask_at(sample, size: tuple[int, int]) -> np.ndarray:
+    """The sample's defect mask at ``size``: a pixel is defective when at least half of what it covers is."""
+    from ..data.imageio import load_mask
+
+    return resize_to((load_mask(sample) > 0).astype(np.float32), size) >= 0.5
+
+
 def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, device: str = "cpu", weights: str = runs.MODEL) -> dict:
-    """Score the run's test split with its final weights and write the evaluation files."""
+    """Score the run's test split with its weights and write the evaluation files, for any method.
+
+    Pixel AUROC, pixel AP and AUPRO are added when some defective test image has a mask
+    (good images count as all-good; defective images without a mask are left out of them)."""
     from ..data.datasets import read_dataset
-    from ..infer.predictor import load_model
-    from ..methods.segdec import score_samples, sigmoid, split_samples
+    from ..methods.registry import method_of_run
+    from ..methods.segdec import split_samples
 
     run_dir = runs.require_run(Path(run_dir), weights)
-    model, config = load_model(run_dir, device=device, weights=weights)
+    method = method_of_run(run_dir)
+    scorer = method.load_scorer(run_dir, device=device, weights=weights)
+    config = scorer.config
     root = data_root if data_root is not None else config.data_root
     parts = split_samples(read_dataset(config.dataset, root, config.split, config.fold), config.seed)
     test = parts.get("test")
     if not test:
         raise DataError(f"dataset {config.dataset}: no test split to evaluate on")
-    pre = config.preprocessing()
     labels = np.array([s.is_defective for s in test])
-    logits = score_samples(model, test, pre, device, config.eval_batch_size)
-    result = M.image_metrics(labels, logits)  # rank metrics on logits: the exact probabilities' ranking
-    validation = parts.get("validation")
-    if validation and any(s.is_defective for s in validation):
-        val_logits = score_samples(model, validation, pre, device, config.eval_batch_size)
-        decision = M.best_f1_threshold([s.is_defective for s in validation], val_logits)["threshold"]
-        source = "validation (best F1)"
+    with_pixels = any(s.is_defective and s.has_mask for s in test)
+    size = pixel_size(sum(s.has_mask or not s.is_defective for s in test), config.input_size)
+    raw_parts, masks, maps = [], [], []
+    for batch, raw, batch_maps in scorer.iter_samples(test):
+        raw_parts.append(raw)
+        if with_pixels:
+            for sample, heat in zip(batch, batch_maps):
+                if sample.has_mask or not sample.is_defective:
+                    maps.append(resize_to(heat, size))
+                    masks.append(mask_at(sample, size))
+    raw = np.concatenate(raw_parts)
+    result = M.image_metrics(labels, raw)  # rank metrics on raw scores (logits for segdec: the exact probabilities' ranking)
+    threshold = method.decision_threshold(scorer, parts, result)
+    decision = threshold["value"]
+    if scorer.raw_is_logit:
+        # thresholds are reported as probabilities, with the logit beside (a probability can round to 1.0)
+        for key, logit in (("threshold", result["threshold"]), ("threshold_fn0", result["threshold_fn0"]), ("decision_threshold", decision)):
+            result[key] = float(scorer.to_score(logit))
+            result[f"{key}_logit"] = float(logit)
     else:
-        decision, source = result["threshold"], "test (best F1; no validation split with defects)"
-    # thresholds are reported as probabilities, with the logit beside (a probability can round to 1.0)
-    for key, logit in (("threshold", result["threshold"]), ("threshold_fn0", result["threshold_fn0"]), ("decision_threshold", decision)):
-        result[key] = float(sigmoid(logit))
-        result[f"{key}_logit"] = float(logit)
-    result.update(threshold_source=source, dataset=config.dataset, split=config.split, fold=config.fold, weights=weights)
+        result["decision_threshold"] = float(decision)
+        result.update({f"threshold_{k}": v for k, v in threshold.items() if k in ("quantile", "images")})
+    if with_pixels:
+        result.update(M.pixel_metrics(masks, maps))
+        result.update(pixel_size=list(size), pixel_images=len(masks))
+    result.update(threshold_source=threshold["source"], method=method.name, dataset=config.dataset, split=config.split, fold=config.fold, weights=weights)
     runs.write_json(run_dir / runs.METRICS, result)
+    scores = scorer.to_score(raw)
     runs.write_csv(
         run_dir / runs.PREDICTIONS,
         ["image", "name", "label", "score", "logit", "decision"],
         (
-            [str(s.image_path), s.name, int(s.is_defective), repr(float(sigmoid(z))), repr(float(z)), int(z >= decision)]
-            for s, z in zip(test, logits)
+            [str(s.image_path), s.name, int(s.is_defective), repr(float(p)), repr(float(z)) if scorer.raw_is_logit else "", int(z >= decision)]
+            for s, p, z in zip(test, scores, raw)
         ),
     )
     if len(set(labels.tolist())) == 2:
-        plot_curves(labels, logits, run_dir, f"{config.dataset} test")
+        plot_curves(labels, raw, run_dir, f"{config.dataset} test")
     return result

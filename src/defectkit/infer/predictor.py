@@ -1,4 +1,9 @@
-"""``defectkit.load(RUN_DIR).predict(image)``: score, decision and full-resolution heatmap."""
+"""``defectkit.load(RUN_DIR).predict(image)``: score, decision and full-resolution heatmap, for any method.
+
+The run folder's method decides what the numbers mean: the supervised net gives a defect
+probability (with its logit) and a probability map; EAR and RIAD give an anomaly score (the
+maximum of their smoothed reconstruction-difference map) and that map.
+"""
 
 from __future__ import annotations
 
@@ -14,19 +19,22 @@ from ..errors import DataError
 
 @dataclass
 class Prediction:
-    score: float  # probability that the image shows a defect
-    decision: bool  # logit >= the run's decision threshold (as a logit: probabilities can round to 1.0)
-    heatmap: np.ndarray  # HxW float32 defect probability at the input image's resolution
-    threshold: float  # the decision threshold as a probability
-    logit: float
+    score: float  # segdec: probability that the image shows a defect; EAR/RIAD: anomaly score
+    decision: bool  # raw score (segdec: the logit, as probabilities can round to 1.0) >= the run's threshold
+    heatmap: np.ndarray  # HxW float32 at the input image's resolution: defect probability, or anomaly map
+    threshold: float  # the decision threshold in the units of ``score``
+    logit: float | None  # segdec's logit; None for methods whose score is no probability
 
 
 def load_model(run_dir: Path, device: str = "cpu", weights: str = runs.MODEL):
-    """(model in eval mode on ``device``, its TrainConfig) from a run folder."""
+    """(model in eval mode on ``device``, its TrainConfig) from a supervised run folder."""
+    from ..methods.registry import method_name_of_run
     from ..methods.segdec import read_run_config, resolve_device
     from ..models.registry import model_from_config
 
     run_dir = runs.require_run(Path(run_dir), weights)
+    if method_name_of_run(run_dir) != "segdec":
+        raise DataError(f"{run_dir}: its method is {method_name_of_run(run_dir)}; load_model reads supervised (segdec) runs only (use defectkit.load)")
     config, model_section = read_run_config(run_dir)
     model = model_from_config(model_section["name"], model_section["config"])
     runs.load_weights(model, run_dir / weights)
@@ -57,32 +65,30 @@ def _to_array(image: Any, channels: int) -> np.ndarray:
 
 
 class Predictor:
-    def __init__(self, model, config, threshold_logit: float, device: str = "cpu"):
-        from ..methods.segdec import sigmoid
+    """Scores images of any size and kind with a run's scorer; ``threshold_raw`` is in raw-score units."""
 
-        self.model, self.config, self.device = model, config, device
-        self.threshold_logit = float(threshold_logit)
-        self.threshold = float(sigmoid(self.threshold_logit))
-        self.pre = config.preprocessing()
+    def __init__(self, scorer, threshold_raw: float, device: str = "cpu"):
+        self.scorer, self.config, self.device, self.method = scorer, scorer.config, device, scorer.method
+        self.threshold_raw = float(threshold_raw)
+        self.threshold = float(scorer.to_score(self.threshold_raw))
+        self.threshold_logit = self.threshold_raw if scorer.raw_is_logit else None
+        self.pre = scorer.pre
+        # the map value drawn at the top of the colour scale: a pixel at the image threshold is mid-scale
+        self.heatmap_scale = scorer.heatmap_scale if scorer.raw_is_logit else max(2 * self.threshold_raw, 1e-6)
 
     def predict_batch(self, images: list) -> list[Prediction]:
         import cv2
-        import torch
 
         from ..data.preprocess import image_to_tensor_layout, resize
 
         arrays = [_to_array(im, self.pre.channels) for im in images]
         x = np.stack([image_to_tensor_layout(resize(a, self.pre.input_size)) for a in arrays])
-        with torch.inference_mode():
-            logit, seg = self.model(torch.from_numpy(x).to(self.device))
-            logits = logit.double().cpu().numpy()
-            maps = torch.sigmoid(seg[:, 0]).float().cpu().numpy()
-        from ..methods.segdec import sigmoid
-
+        raws, maps = self.scorer.score_batch(x)
         out = []
-        for array, z, small in zip(arrays, logits, maps):
+        for array, z, small in zip(arrays, raws, maps):
             heatmap = cv2.resize(small, (array.shape[1], array.shape[0]), interpolation=cv2.INTER_LINEAR)
-            out.append(Prediction(float(sigmoid(z)), bool(z >= self.threshold_logit), heatmap.astype(np.float32), self.threshold, float(z)))
+            logit = float(z) if self.scorer.raw_is_logit else None
+            out.append(Prediction(float(self.scorer.to_score(z)), bool(z >= self.threshold_raw), heatmap.astype(np.float32), self.threshold, logit))
         return out
 
     def predict(self, image: Any) -> Prediction:
@@ -91,20 +97,22 @@ class Predictor:
 
 
 def load(run_dir: str | Path, device: str = "cpu", weights: str = runs.MODEL) -> Predictor:
-    """A predictor from a run folder; the decision threshold comes from its metrics.json
-    (``decision_threshold_logit``), or probability 0.5 (logit 0) before the run was evaluated."""
+    """A predictor from a run folder of any method, with the run's decision threshold.
+
+    segdec: ``decision_threshold_logit`` from metrics.json, or probability 0.5 (logit 0) before
+    the run was evaluated. EAR/RIAD: the threshold fixed when training ended (threshold.json)."""
+    from ..methods.registry import load_scorer, method_of_run
+
     run_dir = Path(run_dir)
-    model, config = load_model(run_dir, device, weights)
-    threshold_logit = 0.0
-    if (run_dir / runs.METRICS).is_file():
-        threshold_logit = runs.read_json(run_dir / runs.METRICS).get("decision_threshold_logit", threshold_logit)
-    return Predictor(model, config, threshold_logit, device)
+    scorer = load_scorer(run_dir, device=device, weights=weights)
+    return Predictor(scorer, method_of_run(run_dir).run_threshold(run_dir), device)
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8 picture of the heatmap (jet colours) over the image."""
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, scale: float = 1.0) -> np.ndarray:
+    """RGB uint8 picture of the heatmap (jet colours, ``scale`` at the top) over the image."""
     import cv2
 
+    heatmap = heatmap / scale if scale != 1.0 else heatmap
     gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     base = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
     colours = cv2.cvtColor(cv2.applyColorMap(np.clip(heatmap * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)

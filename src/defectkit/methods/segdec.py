@@ -24,6 +24,7 @@ from .. import runs
 from ..data.preprocess import Preprocessing
 from ..data.sample import Sample
 from ..errors import ConfigError, DataError
+from .registry import Scorer
 
 
 @dataclass
@@ -95,7 +96,7 @@ PAPER_SETTINGS: dict[str, dict[str, Any]] = {
     "ksdd2": dict(dataset="ksdd2", input_size=(232, 640), channels=3, dilate=15, epochs=50, learning_rate=0.01, delta=1.0, batch_size=1, weight_p=2.0, weight_max=3.0),
     "severstal": dict(dataset="severstal", input_size=(1600, 256), channels=1, dilate=1, epochs=90, learning_rate=0.1, delta=0.1, batch_size=10, weight_p=2.0, weight_max=1.0),
     # Ours: a small network on the built-in synthetic data that trains in minutes on a CPU.
-    "demo": dict(dataset="synthetic", preset="small", input_size=(128, 128), channels=1, dilate=3, epochs=15, learning_rate=0.05, delta=1.0, batch_size=4, weight_p=2.0, weight_max=3.0, validate_every=0),
+    "demo": dict(dataset="synthetic", preset="small", input_size=(128, 128), channels=1, dilate=3, epochs=20, learning_rate=0.05, delta=1.0, batch_size=4, weight_p=2.0, weight_max=3.0, validate_every=0),
 }
 SEVERSTAL_EPOCHS = {300: 90, 750: 80, 1500: 60, 3000: 40}  # by number of training positives
 # Weakly supervised runs (split with N = 0 pixel-labelled positives): the reference scripts
@@ -337,3 +338,54 @@ def fit(
             raise DataError(f"training diverged at epoch {epoch} (loss is {totals['loss']}); lower the learning rate")
     runs.save_weights(out / runs.MODEL, model.state_dict())
     return out
+
+
+# ---- the method registry's interface (methods/registry.py) ----
+
+CONFIG_CLASS = TrainConfig
+
+
+class SegDecScorer(Scorer):
+    """Raw score = the decision logit; map = the segmentation probability at 1/8 of the input."""
+
+    method = "segdec"
+    raw_is_logit = True
+
+    def __init__(self, model, config: TrainConfig, device):
+        super().__init__(config, device)
+        self.model = model
+
+    def score_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            logit, seg = self.model(torch.from_numpy(images).to(self.device))
+            return logit.double().cpu().numpy(), torch.sigmoid(seg[:, 0]).float().cpu().numpy()
+
+
+def load_scorer(run_dir: str | Path, device: str = "cpu", weights: str = runs.MODEL) -> SegDecScorer:
+    from ..models.registry import model_from_config
+
+    run_dir = runs.require_run(Path(run_dir), weights)
+    config, model_section = read_run_config(run_dir)
+    model = model_from_config(model_section["name"], model_section["config"])
+    runs.load_weights(model, run_dir / weights)
+    dev = resolve_device(device)
+    return SegDecScorer(model.to(dev).eval(), config, dev)
+
+
+def decision_threshold(scorer: SegDecScorer, parts: dict[str, list[Sample]], test_metrics: dict) -> dict:
+    """Best-F1 logit on the validation split when it has defects, else on the test split."""
+    from ..evaluate.metrics import best_f1_threshold
+
+    validation = parts.get("validation")
+    if validation and any(s.is_defective for s in validation):
+        logits = scorer.raw_scores(validation)
+        return {"value": best_f1_threshold([s.is_defective for s in validation], logits)["threshold"], "source": "validation (best F1)"}
+    return {"value": test_metrics["threshold"], "source": "test (best F1; no validation split with defects)"}
+
+
+def run_threshold(run_dir: Path) -> float:
+    """The evaluated decision logit (metrics.json), or 0 (probability 0.5) before evaluation."""
+    path = Path(run_dir) / runs.METRICS
+    return runs.read_json(path).get("decision_threshold_logit", 0.0) if path.is_file() else 0.0
