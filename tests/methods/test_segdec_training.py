@@ -140,6 +140,7 @@ def test_run_folder_errors(tiny_data, tmp_path):
     with pytest.raises(DataError, match="run folder not found"):
         fit(config, tmp_path / "nope", resume=True, log=quiet)
     saved = runs.read_yaml(tmp_path / "run" / runs.CONFIG)
+    assert saved["model"]["config"]["input_size"] == [64, 128]  # the size it was trained at
     saved["model"]["config"]["volume_channels"] = 48
     runs.write_yaml(tmp_path / "run" / runs.CONFIG, saved)
     with pytest.raises(DataError, match="do not match the model config"):

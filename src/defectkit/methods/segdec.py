@@ -207,7 +207,8 @@ def resolve_device(name: str):
 def build_model(config: TrainConfig):
     from ..models import create_model
 
-    return create_model(config.method, config.preset, in_channels=config.channels, **config.model_overrides)
+    # the model config records the size it was trained at (and checks the net accepts it)
+    return create_model(config.method, config.preset, in_channels=config.channels, **{"input_size": tuple(config.input_size), **config.model_overrides})
 
 
 def score_samples(model, samples: list[Sample], pre: Preprocessing, device, batch_size: int = 4) -> np.ndarray:
