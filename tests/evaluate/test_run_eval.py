@@ -75,11 +75,11 @@ def test_a_supervised_run_without_a_method_field_evaluates_with_pixel_metrics(tm
     result = evaluate_run(run)
     assert result["method"] == "segdec" and result["pixel_size"] == [64, 128] and result["pixel_images"] == 6
     # the same numbers as scoring the test split directly
-    from defectkit.infer.predictor import load_model
-    from defectkit.methods.segdec import split_samples
     from defectkit.data.datasets import read_dataset
+    from defectkit.methods.segdec import load_scorer, split_samples
 
-    model, cfg = load_model(run)
+    scorer = load_scorer(run)
+    model, cfg = scorer.model, scorer.config
     test = split_samples(read_dataset("synthetic", str(root)), 0)["test"]
     logits = score_samples(model, test, cfg.preprocessing(), "cpu", cfg.eval_batch_size)
     assert result["ap"] == M.average_precision([s.is_defective for s in test], logits)
@@ -96,12 +96,3 @@ def test_a_supervised_run_without_a_method_field_evaluates_with_pixel_metrics(tm
         rows = f.read().splitlines()
     assert rows[0] == "image,name,label,score,logit,decision" and len(rows) == 7
     assert json.loads((run / runs.METRICS).read_text())["method"] == "segdec"
-
-
-def test_load_model_refuses_unsupervised_runs(tmp_path):
-    from defectkit.infer.predictor import load_model
-
-    runs.write_yaml(tmp_path / runs.CONFIG, {"method": "ear", "train": {}, "model": {}})
-    runs.save_weights(tmp_path / runs.MODEL, {"x": torch.zeros(1)})
-    with pytest.raises(DataError, match="its method is ear; load_model reads supervised"):
-        load_model(tmp_path)

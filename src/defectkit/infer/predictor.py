@@ -26,21 +26,6 @@ class Prediction:
     logit: float | None  # segdec's logit; None for methods whose score is no probability
 
 
-def load_model(run_dir: Path, device: str = "cpu", weights: str = runs.MODEL):
-    """(model in eval mode on ``device``, its TrainConfig) from a supervised run folder."""
-    from ..methods.registry import method_name_of_run
-    from ..methods.segdec import read_run_config, resolve_device
-    from ..models.registry import model_from_config
-
-    run_dir = runs.require_run(Path(run_dir), weights)
-    if method_name_of_run(run_dir) != "segdec":
-        raise DataError(f"{run_dir}: its method is {method_name_of_run(run_dir)}; load_model reads supervised (segdec) runs only (use defectkit.load)")
-    config, model_section = read_run_config(run_dir)
-    model = model_from_config(model_section["name"], model_section["config"])
-    runs.load_weights(model, run_dir / weights)
-    return model.to(resolve_device(device)).eval(), config
-
-
 def _to_array(image: Any, channels: int) -> np.ndarray:
     """uint8 HxW (gray) or HxWx3 (RGB) from a path, a NumPy array or a PIL image."""
     from ..data.imageio import read_image
