@@ -31,7 +31,7 @@ MIN_SIZE = 32
 SPLITS = ("train", "test")
 # What `defectkit demo` trains and tests on. With the generator's default 20 defective training
 # images the small net learns its training set but not the task (test AP ~0.74); 100 of each
-# class reach AP ~0.82 in under 5 minutes on 2 cores (docs/benchmarks.md).
+# class reach AP ~0.8 in about 3 minutes on 2 cores (docs/benchmarks.md).
 DEMO_COUNTS = {"n_train_good": 100, "n_train_defective": 100, "n_test_good": 50, "n_test_defective": 50}
 CLASSES = ("good", "defective")
 
