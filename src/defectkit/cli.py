@@ -273,7 +273,7 @@ def train(
     threshold_quantile: Optional[float] = typer.Option(None, "--threshold-quantile", help="ear/riad: decision threshold = this quantile of good images' scores when no validation split has defects (default 0.99)."),
     holdout: Optional[float] = typer.Option(None, "--holdout", help="ear/riad: share of good training images held out to set that threshold (default 0.1; 0: use the training images)."),
     attention_weights: Optional[Path] = typer.Option(None, "--attention-weights", help="ear: attention weights (.safetensors with its .json); default: the shipped MNIST ones."),
-    mask_rule: Optional[str] = typer.Option(None, "--mask-rule", help="ear: 'share' (hide the top --mask-share of pixels by attention, default) or 'threshold'."),
+    mask_rule: Optional[str] = typer.Option(None, "--mask-rule", help="ear: 'share' (hide the top --mask-share of pixels by attention, default), 'threshold', or 'random' (same share, random places: an ablation)."),
     mask_share: Optional[float] = typer.Option(None, "--mask-share", help="ear: share of pixels excised (default 0.1)."),
     mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", help="ear: excise pixels whose normalised attention is at least this (with --mask-rule threshold)."),
     fill: Optional[str] = typer.Option(None, "--fill", help="ear: what fills the excised pixels: zeros (default, paper v1) or mosaic (v2)."),
@@ -344,23 +344,29 @@ def eval_command(
 
 @app.command()
 def predict(
-    run_dir: Path = typer.Argument(..., help="A trained run folder."),
+    run_dir: Path = typer.Argument(..., help="A trained run folder, or a model.onnx from defectkit export (onnxruntime, no torch)."),
     inputs: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for predictions.csv and the heatmap overlays."),
     device: str = typer.Option("cpu", "--device"),
     batch_size: int = typer.Option(8, "--batch-size"),
+    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write one heatmap overlay PNG per image (the slowest part on big images)."),
 ):
-    """Score images with a trained run: predictions.csv and one heatmap overlay PNG per image."""
+    """Score images with a trained run: predictions.csv (written as it goes) and heatmap overlays.
+
+    Streams: the next batch is read while this one is scored, and rows reach predictions.csv
+    batch by batch, so memory stays bounded and an interrupted run keeps what it scored."""
+    import csv
     import time
+    from concurrent.futures import ThreadPoolExecutor
 
     import cv2
     from rich.progress import Progress
 
-    from . import runs
+    from . import load
     from .data.imageio import read_image
     from .data.readers.common import is_image
     from .errors import DataError
-    from .infer.predictor import load, overlay
+    from .infer.predictor import overlay
 
     files: list[Path] = []
     for item in inputs:
@@ -372,33 +378,68 @@ def predict(
             raise DataError(f"{item}: no such file or folder")
     if not files:
         raise DataError("no images found in the given inputs")
+    if batch_size < 1:
+        raise DataError(f"--batch-size must be at least 1, got {batch_size}")
     predictor = load(run_dir, device=device)
     out.mkdir(parents=True, exist_ok=True)
-    rows, skipped = [], []
+
+    def read_batch(paths):
+        batch, skipped = [], []
+        for path in paths:
+            try:
+                batch.append((path, read_image(path, predictor.channels)))
+            except DataError as exc:
+                skipped.append(str(exc))
+        return batch, skipped
+
+    batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
+    scored, flagged, skipped = 0, 0, []
     started = time.perf_counter()
     console = _console()
-    with Progress(console=console, transient=True) as bar:
+    with open(out / "predictions.csv", "w", newline="") as handle, ThreadPoolExecutor(1) as reader, Progress(console=console, transient=True) as bar:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "score", "logit", "decision"])
         task = bar.add_task("predicting", total=len(files))
-        for start in range(0, len(files), batch_size):
-            batch, arrays = [], []
-            for path in files[start : start + batch_size]:
-                try:
-                    arrays.append(read_image(path, predictor.pre.channels))
-                    batch.append(path)
-                except DataError as exc:
-                    skipped.append(str(exc))
-            for path, array, p in zip(batch, arrays, predictor.predict_batch(arrays) if arrays else []):
-                rows.append([str(path), repr(p.score), "" if p.logit is None else repr(p.logit), int(p.decision)])
-                picture = overlay(array, p.heatmap, scale=predictor.heatmap_scale)
-                cv2.imwrite(str(out / f"{path.stem}_overlay.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-            bar.advance(task, len(files[start : start + batch_size]))
-    runs.write_csv(out / "predictions.csv", ["image", "score", "logit", "decision"], rows)
+        pending = reader.submit(read_batch, batches[0])
+        for index, paths in enumerate(batches):
+            batch, bad = pending.result()
+            if index + 1 < len(batches):
+                pending = reader.submit(read_batch, batches[index + 1])
+            skipped += bad
+            predictions = predictor.predict_batch([array for _, array in batch]) if batch else []
+            for (path, array), p in zip(batch, predictions):
+                writer.writerow([str(path), repr(p.score), "" if p.logit is None else repr(p.logit), int(p.decision)])
+                if overlays:
+                    picture = overlay(array, p.heatmap, scale=predictor.heatmap_scale)
+                    cv2.imwrite(str(out / f"{path.stem}_overlay.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+            handle.flush()
+            scored += len(batch)
+            flagged += sum(p.decision for p in predictions)
+            bar.advance(task, len(paths))
     elapsed = time.perf_counter() - started
     for line in skipped:
         console.print(f"skipped: {line}", markup=False)
-    flagged = sum(r[3] for r in rows)
-    console.print(f"{len(rows)} images, {flagged} defective at threshold {predictor.threshold:.4f}; {len(rows) / elapsed:.1f} images/s")
-    console.print(f"wrote {out / 'predictions.csv'} and {len(rows)} overlays")
+    console.print(f"{scored} images, {flagged} defective at threshold {predictor.threshold:.4f}; {scored / elapsed:.1f} images/s")
+    console.print(f"wrote {out / 'predictions.csv'}" + (f" and {scored} overlays" if overlays else ""))
+
+
+@app.command("export")
+def export_command(
+    run_dir: Path = typer.Argument(..., help="A trained run folder."),
+    format: str = typer.Option("onnx", "--format", help="onnx (the only format so far)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Model file to write (default RUN_DIR/model.onnx); the sidecar goes beside it as FILE.json."),
+    weights: str = typer.Option("model.safetensors", "--weights", help="Weights file in the run folder (e.g. best.safetensors)."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Compare onnxruntime with PyTorch on test images; refuse to write on a mismatch."),
+):
+    """Export a run as one ONNX model taking uint8 pixels of any size: resize, scaling, score and heatmap inside."""
+    from .errors import ConfigError
+    from .infer.export import export_onnx
+
+    if format != "onnx":
+        raise ConfigError(f"unknown export format {format!r}; available: onnx")
+    console = _console()
+    with console.status("exporting (tracing the model takes a while)"):
+        export_onnx(run_dir, out, weights=weights, check=check, log=lambda m: console.print(m, markup=False))
 
 
 @app.command()

@@ -3,6 +3,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,6 +179,18 @@ def test_cli_train_eval_predict(tiny_data, tmp_path, run_cli):
         rows = list(csv.DictReader(f))
     assert len(rows) == 8 and len(list((tmp_path / "pred").glob("*_overlay.png"))) == 8
     assert all(int(r["decision"]) == (float(r["logit"]) >= metrics["decision_threshold_logit"]) for r in rows)
+    # a folder with a corrupt file and odd batch sizes: the file is reported and skipped, the rest scored in order
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tiny_data / "test", mixed)
+    (mixed / "aaa_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    code, out, err = run_cli("predict", run, mixed, "--out", tmp_path / "pred2", "--batch-size", "3", "--no-overlays")
+    assert code == 0, err
+    assert "skipped:" in out and "aaa_corrupt.png" in out and "8 images" in out
+    with open(tmp_path / "pred2" / "predictions.csv") as f:
+        again = list(csv.DictReader(f))
+    assert [Path(r["image"]).name for r in again] == [Path(r["image"]).name for r in rows] and not list((tmp_path / "pred2").glob("*.png"))
+    # batches of 3 instead of 8: the same scores up to float rounding
+    np.testing.assert_allclose([float(r["score"]) for r in again], [float(r["score"]) for r in rows], rtol=0, atol=1e-6)
     code, _, err = run_cli("train", "--dataset", "synthetic", "--data-root", tiny_data, "--out", run)
     assert code == 2 and "already holds a run" in err
 

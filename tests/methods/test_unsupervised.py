@@ -123,6 +123,25 @@ def test_ear_mask_is_deterministic_per_image_and_covers_the_share(tiny_data):
     assert torch.equal(method.masks(rgb), by_threshold)
 
 
+def test_random_mask_rule_has_the_same_area_but_ignores_attention(tiny_data):
+    from defectkit.methods.attention_pretrain import load_attention
+
+    config = tiny_config("ear", tiny_data)
+    method = Ear(config, torch.device("cpu"))
+    method.attention = load_attention()
+    x = torch.rand(3, 1, 32, 64)
+    by_attention = method.masks(x)
+    config.mask_rule = "random"
+    masks = method.masks(x)
+    assert masks.sum(dim=(1, 2)).tolist() == by_attention.sum(dim=(1, 2)).tolist()  # same area
+    assert not torch.equal(masks, by_attention)
+    assert torch.equal(method.masks(x.clone()), masks)  # a fixed function of the image ...
+    assert torch.equal(method.masks(x[2:]), masks[2:])  # ... whatever the batch
+    assert not torch.equal(masks[0], masks[1])
+    config.seed = 1
+    assert not torch.equal(method.masks(x), masks)  # and of the seed
+
+
 def test_excision_fills_zeros_or_mosaic_only_inside_the_mask(tiny_data):
     x = torch.rand(1, 1, 32, 32)
     masks = torch.zeros(1, 32, 32, dtype=torch.bool)

@@ -35,6 +35,27 @@ def image_to_tensor_layout(image: np.ndarray) -> np.ndarray:
     return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
+def network_input(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 HxW or HxWxC -> float32 CxHxW in [0, 1] at ``size = (width, height)``.
+
+    Bilinear with half-pixel centres and no antialiasing, computed in float from the uint8
+    pixels: the reference resizes the uint8 image with OpenCV, whose fixed-point arithmetic
+    rounds to whole grey levels; this keeps the sub-level values instead (at most one grey
+    level apart) and is exactly what the exported ONNX graph computes (its Resize op), so an
+    exported model scores like the run it came from.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    width, height = size
+    array = image_to_tensor_layout(image)
+    if array.shape[1:] == (height, width):
+        return array
+    with torch.inference_mode():
+        out = F.interpolate(torch.from_numpy(array)[None], size=(height, width), mode="bilinear", align_corners=False)
+    return out[0].numpy()
+
+
 def dilate(mask: np.ndarray, size: int) -> np.ndarray:
     """Grow the defect with a ``size`` x ``size`` box of ones; 0 or 1 leaves it unchanged."""
     import cv2
@@ -105,14 +126,14 @@ class Preprocessing:
 
     def image(self, sample: Sample) -> np.ndarray:
         """float32 CxHxW in [0, 1] at the input size."""
-        return image_to_tensor_layout(resize(read_image(sample.image_path, self.channels), self.input_size))
+        return network_input(read_image(sample.image_path, self.channels), self.input_size)
 
     def load(self, sample: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(image CxHxW, soft mask, loss weights), the last two at 1/8 of the input size.
 
         A weakly labelled positive gets zero targets and weights: it gives no segmentation loss."""
         raw = read_image(sample.image_path, self.channels)
-        image = image_to_tensor_layout(resize(raw, self.input_size))
+        image = network_input(raw, self.input_size)
         width, height = self.input_size
         shape = (height // DOWNSAMPLE, width // DOWNSAMPLE)
         if sample.is_defective and not sample.pixel_labelled:

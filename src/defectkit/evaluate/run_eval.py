@@ -66,36 +66,50 @@ def mask_at(sample, size: tuple[int, int]) -> np.ndarray:
     return resize_to((load_mask(sample) > 0).astype(np.float32), size) >= 0.5
 
 
-def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, device: str = "cpu", weights: str = runs.MODEL) -> dict:
-    """Score the run's test split with its weights and write the evaluation files, for any method.
-
-    Pixel AUROC, pixel AP and AUPRO are added when some defective test image has a mask
-    (good images count as all-good; defective images without a mask are left out of them)."""
-    from ..data.datasets import read_dataset
-    from ..methods.registry import method_of_run
-    from ..methods.segdec import split_samples
-
-    run_dir = runs.require_run(Path(run_dir), weights)
-    method = method_of_run(run_dir)
-    scorer = method.load_scorer(run_dir, device=device, weights=weights)
-    config = scorer.config
-    root = data_root if data_root is not None else config.data_root
-    parts = split_samples(read_dataset(config.dataset, root, config.split, config.fold), config.seed)
-    test = parts.get("test")
-    if not test:
-        raise DataError(f"dataset {config.dataset}: no test split to evaluate on")
-    labels = np.array([s.is_defective for s in test])
-    with_pixels = any(s.is_defective and s.has_mask for s in test)
-    size = pixel_size(sum(s.has_mask or not s.is_defective for s in test), config.input_size)
+def score_samples(scorer, samples) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(labels, raw scores, pixel metrics) of ``samples``; the pixel metrics are empty unless
+    some defective sample has a mask (good images count as all-good; defective images without
+    a mask are left out of them)."""
+    labels = np.array([s.is_defective for s in samples])
+    with_pixels = any(s.is_defective and s.has_mask for s in samples)
+    size = pixel_size(sum(s.has_mask or not s.is_defective for s in samples), scorer.config.input_size)
     raw_parts, masks, maps = [], [], []
-    for batch, raw, batch_maps in scorer.iter_samples(test):
+    for batch, raw, batch_maps in scorer.iter_samples(samples):
         raw_parts.append(raw)
         if with_pixels:
             for sample, heat in zip(batch, batch_maps):
                 if sample.has_mask or not sample.is_defective:
                     maps.append(resize_to(heat, size))
                     masks.append(mask_at(sample, size))
-    raw = np.concatenate(raw_parts)
+    pixels = {**M.pixel_metrics(masks, maps), "pixel_size": list(size), "pixel_images": len(masks)} if with_pixels else {}
+    return labels, np.concatenate(raw_parts), pixels
+
+
+def read_test_split(config, data_root=None) -> tuple[dict, list]:
+    """(all splits, test samples) of a run's config, read the way training read them."""
+    from ..data.datasets import read_dataset
+    from ..methods.segdec import split_samples
+
+    root = data_root if data_root is not None else config.data_root
+    parts = split_samples(read_dataset(config.dataset, root, config.split, config.fold), config.seed)
+    test = parts.get("test")
+    if not test:
+        raise DataError(f"dataset {config.dataset}: no test split to evaluate on")
+    return parts, test
+
+
+def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, device: str = "cpu", weights: str = runs.MODEL) -> dict:
+    """Score the run's test split with its weights and write the evaluation files, for any method.
+
+    Pixel AUROC, pixel AP and AUPRO are added as :func:`score_samples` says."""
+    from ..methods.registry import method_of_run
+
+    run_dir = runs.require_run(Path(run_dir), weights)
+    method = method_of_run(run_dir)
+    scorer = method.load_scorer(run_dir, device=device, weights=weights)
+    config = scorer.config
+    parts, test = read_test_split(config, data_root)
+    labels, raw, pixel_result = score_samples(scorer, test)
     result = M.image_metrics(labels, raw)  # rank metrics on raw scores (logits for segdec: the exact probabilities' ranking)
     threshold = method.decision_threshold(scorer, parts, result)
     decision = threshold["value"]
@@ -107,9 +121,7 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, devic
     else:
         result["decision_threshold"] = float(decision)
         result.update({f"threshold_{k}": v for k, v in threshold.items() if k in ("quantile", "images")})
-    if with_pixels:
-        result.update(M.pixel_metrics(masks, maps))
-        result.update(pixel_size=list(size), pixel_images=len(masks))
+    result.update(pixel_result)
     result.update(threshold_source=threshold["source"], method=method.name, dataset=config.dataset, split=config.split, fold=config.fold, weights=weights)
     runs.write_json(run_dir / runs.METRICS, result)
     scores = scorer.to_score(raw)

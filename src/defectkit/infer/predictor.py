@@ -26,7 +26,7 @@ class Prediction:
     logit: float | None  # segdec's logit; None for methods whose score is no probability
 
 
-def _to_array(image: Any, channels: int) -> np.ndarray:
+def to_array(image: Any, channels: int) -> np.ndarray:
     """uint8 HxW (gray) or HxWx3 (RGB) from a path, a NumPy array or a PIL image."""
     from ..data.imageio import read_image
 
@@ -58,16 +58,17 @@ class Predictor:
         self.threshold = float(scorer.to_score(self.threshold_raw))
         self.threshold_logit = self.threshold_raw if scorer.raw_is_logit else None
         self.pre = scorer.pre
+        self.channels = self.pre.channels  # 1 gray, 3 RGB: how callers should read images
         # the map value drawn at the top of the colour scale: a pixel at the image threshold is mid-scale
         self.heatmap_scale = scorer.heatmap_scale if scorer.raw_is_logit else max(2 * self.threshold_raw, 1e-6)
 
     def predict_batch(self, images: list) -> list[Prediction]:
         import cv2
 
-        from ..data.preprocess import image_to_tensor_layout, resize
+        from ..data.preprocess import network_input
 
-        arrays = [_to_array(im, self.pre.channels) for im in images]
-        x = np.stack([image_to_tensor_layout(resize(a, self.pre.input_size)) for a in arrays])
+        arrays = [to_array(im, self.pre.channels) for im in images]
+        x = np.stack([network_input(a, self.pre.input_size) for a in arrays])
         raws, maps = self.scorer.score_batch(x)
         out = []
         for array, z, small in zip(arrays, raws, maps):

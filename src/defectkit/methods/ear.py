@@ -12,7 +12,11 @@ The mask is a pure function of the image: the attention net has no batch statist
 image always gets the same mask. The rule is a documented parameter because the paper does
 not publish one: ``mask_rule="share"`` hides the ``mask_share`` (default 10%) of pixels with
 the highest attention, ``"threshold"`` hides pixels whose min-max normalised attention is at
-least ``mask_threshold``.
+least ``mask_threshold``. ``"random"`` is the ablation's control: the same ``mask_share`` of
+pixels chosen from a random map at the attention map's resolution (upsampled and ranked
+exactly as attention is, so the blobs have the same scale), seeded by the image's content so
+the mask is still one fixed function of the image; it tells what the attention's choice of
+*where* to excise is worth.
 
 The attention weights the run uses (the shipped MNIST ones by default) are copied into the
 run folder as ``attention.safetensors``, so evaluation and prediction never depend on a
@@ -33,13 +37,14 @@ from .unsupervised import Reconstruction, UnsupervisedConfig
 
 ATTENTION_FILE = runs.ATTENTION
 LUMA = (0.299, 0.587, 0.114)
+MASK_RULES = ("share", "threshold", "random")
 
 
 @dataclass
 class EarConfig(UnsupervisedConfig):
     method: str = "ear"
     attention_weights: str | None = None  # None: the shipped MNIST weights
-    mask_rule: str = "share"  # "share" or "threshold"
+    mask_rule: str = "share"  # "share", "threshold" or "random" (the ablation's control)
     mask_share: float = 0.1
     mask_threshold: float = 0.5
     fill: str = "zeros"  # "zeros" (v1) or "mosaic" (v2)
@@ -50,8 +55,8 @@ class EarConfig(UnsupervisedConfig):
         super().__post_init__()
         if self.method != "ear":
             raise ConfigError(f"an EAR config has method 'ear', got {self.method!r}")
-        if self.mask_rule not in ("share", "threshold"):
-            raise ConfigError(f"mask_rule must be 'share' or 'threshold', got {self.mask_rule!r}")
+        if self.mask_rule not in MASK_RULES:
+            raise ConfigError(f"mask_rule must be one of {', '.join(MASK_RULES)}, got {self.mask_rule!r}")
         if not 0 <= self.mask_share <= 1 or not 0 <= self.mask_threshold <= 1:
             raise ConfigError("mask_share and mask_threshold must lie in [0, 1]")
         if self.fill not in ("zeros", "mosaic"):
@@ -107,13 +112,17 @@ class Ear(Reconstruction):
         """Boolean ``N x H x W``, True = excised; one deterministic mask per image."""
         import torch
 
-        from .masks import attention_mask
+        from .masks import attention_mask, content_seeded_map
 
-        with torch.no_grad():
-            attention = self.attention.attention_map(gray(x))
         c = self.config
-        rule = {"keep": c.mask_share} if c.mask_rule == "share" else {"keep": None, "threshold": c.mask_threshold}
-        return attention_mask(attention, tuple(x.shape[2:]), stride=self.attention.output_stride, **rule)[:, 0]
+        stride = self.attention.output_stride
+        if c.mask_rule == "random":
+            attention = content_seeded_map(x, stride, c.seed)
+        else:
+            with torch.no_grad():
+                attention = self.attention.attention_map(gray(x))
+        rule = {"keep": None, "threshold": c.mask_threshold} if c.mask_rule == "threshold" else {"keep": c.mask_share}
+        return attention_mask(attention, tuple(x.shape[2:]), stride=stride, **rule)[:, 0]
 
     def excised(self, x, masks):
         from .masks import excise

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 
-__all__ = ["riad_masks", "attention_mask", "excise", "mosaic", "DEFAULT_KEEP", "DEFAULT_MOSAIC_CELL"]
+__all__ = ["riad_masks", "attention_mask", "content_seeded_map", "excise", "mosaic", "DEFAULT_KEEP", "DEFAULT_MOSAIC_CELL"]
 
 DEFAULT_KEEP = 0.1
 DEFAULT_MOSAIC_CELL = 8
@@ -103,7 +103,7 @@ def attention_mask(
     lead = attention.shape[:-2]
     # normalised before upsampling too, so a constant map becomes exact zeros (all ties)
     # rather than interpolation rounding noise that the normalisation would blow up
-    maps = _normalise(attention.detach().reshape(-1, 1, *attention.shape[-2:]).double())
+    maps = _normalise(attention.detach().reshape(-1, 1, *attention.shape[-2:]).float())  # float32: what ONNX Resize takes, so an export masks alike
     if stride is not None:
         if stride < 1:
             raise ConfigError(f"stride must be positive, got {stride}")
@@ -122,9 +122,30 @@ def attention_mask(
         mask = flat >= threshold
     else:
         count = int(math.floor(keep * height * width + 0.5))
-        order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :count]
-        mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, True)
+        if count == 0:
+            mask = torch.zeros_like(flat, dtype=torch.bool)
+        else:
+            # a stable descending sort, written with ops ONNX has (TopK, CumSum): everything
+            # above the count-th value, then the earliest pixels tied with it
+            kth = torch.topk(flat, count, dim=1).values[:, -1:]
+            above, tied = flat > kth, flat == kth
+            wanted = count - above.sum(1, keepdim=True)
+            mask = above | (tied & (torch.cumsum(tied.to(torch.int64), 1) <= wanted))
     return mask.view(*lead, height, width).to(attention.device)
+
+
+def content_seeded_map(images: torch.Tensor, stride: int, seed: int = 0) -> torch.Tensor:
+    """``N x 1 x ceil(H/stride) x ceil(W/stride)`` uniform noise, each map seeded by ``seed`` and
+    its image's bytes: a stand-in for an attention map that is random in *where* it points but
+    still a fixed function of the image (EAR's ``mask_rule="random"`` ablation)."""
+    import zlib
+
+    if images.dim() != 4:
+        raise ValueError(f"expected images N x C x H x W, got {tuple(images.shape)}")
+    h, w = (math.ceil(s / stride) for s in images.shape[2:])
+    pixels = images.detach().to("cpu", torch.float32).contiguous().numpy()
+    maps = [np.random.default_rng([seed, zlib.crc32(p.tobytes())]).random((1, h, w)) for p in pixels]
+    return torch.from_numpy(np.stack(maps)).to(images.device)
 
 
 def _normalise(maps: torch.Tensor) -> torch.Tensor:

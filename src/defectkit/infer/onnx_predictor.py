@@ -1,0 +1,72 @@
+"""Scoring with an exported ONNX model through onnxruntime, without importing torch.
+
+``defectkit.load("model.onnx").predict(image)`` answers like the run's own predictor (same
+:class:`~defectkit.infer.predictor.Prediction`): the preprocessing is inside the graph and
+the threshold in the sidecar. Images of one call are grouped by size, since a batch of the
+graph shares one size.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+from .export import FORMAT_VERSION, sidecar_path
+from .predictor import Prediction, to_array
+
+
+class OnnxPredictor:
+    def __init__(self, model_path: str | Path, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise DataError("onnxruntime is not installed: pip install 'defectkit[onnx]'") from None
+        self.path = Path(model_path)
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: no such ONNX model")
+        meta_path = sidecar_path(self.path)
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except FileNotFoundError:
+            raise DataError(f"{meta_path}: missing; it holds the threshold and input spec (export writes it beside the model)") from None
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{meta_path}: not valid JSON ({exc})") from None
+        if self.meta.get("format") != "defectkit-onnx" or self.meta.get("format_version", 0) > FORMAT_VERSION:
+            raise DataError(f"{meta_path}: not a defectkit ONNX sidecar this version can read")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own error types
+            raise DataError(f"{self.path}: onnxruntime cannot load it: {exc}") from None
+        self.method = self.meta["method"]
+        self.channels = int(self.meta["input"]["channels"])
+        self.threshold_raw = float(self.meta["threshold"]["raw"])
+        self.threshold = float(self.meta["threshold"]["score"])
+        self.raw_is_logit = self.method == "segdec"
+        self.threshold_logit = self.threshold_raw if self.raw_is_logit else None
+        self.heatmap_scale = float(self.meta["heatmap_scale"])
+
+    def predict_batch(self, images: list) -> list[Prediction]:
+        arrays = [to_array(im, self.channels) for im in images]
+        out: list[Prediction | None] = [None] * len(arrays)
+        groups: dict[tuple, list[int]] = {}
+        for i, array in enumerate(arrays):
+            groups.setdefault(array.shape, []).append(i)
+        for shape, members in groups.items():
+            stack = np.stack([arrays[i] for i in members])
+            batch = stack[:, None] if stack.ndim == 3 else stack.transpose(0, 3, 1, 2)
+            score, raw, heatmap = self.session.run(None, {"image": np.ascontiguousarray(batch)})
+            for j, i in enumerate(members):
+                logit = float(raw[j]) if self.raw_is_logit else None
+                out[i] = Prediction(float(score[j]), bool(raw[j] >= self.threshold_raw), heatmap[j].astype(np.float32), self.threshold, logit)
+        return out
+
+    def predict(self, image: Any) -> Prediction:
+        """One image: a path, a NumPy array (uint8, or float in [0, 1]) or a PIL image."""
+        return self.predict_batch([image])[0]
