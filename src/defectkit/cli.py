@@ -6,6 +6,7 @@ Heavy modules (torch, cv2, numpy, matplotlib) are imported inside the commands s
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -324,7 +325,7 @@ def train(
         train_config = _method_config(name, values, named)
         _train_with_progress(train_config, out, False)
         run_dir = out
-    if evaluate:
+    if evaluate and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone evaluates
         _print_metrics(evaluate_run(run_dir, device=train_config.device), run_dir)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import runs
-from ..data.preprocess import Preprocessing
+from ..data.preprocess import DOWNSAMPLE, Preprocessing
 from ..data.sample import Sample
 from ..errors import ConfigError, DataError
 from .registry import Scorer
@@ -188,6 +188,10 @@ class SampleCache:
         self._items: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def batch(self, indices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if len(indices) == 0:  # a distributed rank's empty share of a short last batch
+            width, height = self.pre.input_size
+            small = (0, height // DOWNSAMPLE, width // DOWNSAMPLE)
+            return np.zeros((0, self.pre.channels, height, width), np.float32), np.zeros(small, np.float32), np.zeros(small, np.float32)
         for i in indices:
             if i not in self._items:
                 self._items[i] = self.pre.load(self.samples[i])
@@ -243,14 +247,21 @@ def fit(
     on_step: Callable[[int, int, int, dict], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Train into run folder ``out``; with ``resume`` continue after its last finished epoch."""
+    """Train into run folder ``out``; with ``resume`` continue after its last finished epoch.
+
+    Under ``torchrun`` the processes train one model data-parallel (``distributed.py``);
+    rank 0 writes the run folder and logs."""
     import torch
 
     from ..data.datasets import read_dataset
     from ..data.sampler import EpochSampler
     from ..evaluate.metrics import average_precision
+    from . import distributed
 
     out = Path(out)
+    ctx = distributed.context(config.device)
+    if not ctx.main:
+        on_step, log = None, (lambda _message: None)
     if resume:
         runs.require_run(out, runs.CHECKPOINT)
         config, _ = read_run_config(out)
@@ -265,8 +276,9 @@ def fit(
         if (out / runs.CONFIG).exists():
             raise ConfigError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
         state = {"epoch": -1, "best_val_ap": None, "best_epoch": None}
+    distributed.barrier(ctx)  # every rank has checked the folder before rank 0 writes to it
 
-    device = resolve_device(config.device)
+    device = distributed.device(ctx, resolve_device(config.device))
     parts = split_samples(read_dataset(config.dataset, config.data_root, config.split, config.fold), config.seed)
     train = parts.get("train", [])
     validation = parts.get("validation", [])
@@ -284,18 +296,20 @@ def fit(
     model = build_model(config).to(device)
     if resume:
         runs.load_weights(model, out / runs.CHECKPOINT)
-    else:
+    elif ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         runs.write_yaml(out / runs.CONFIG, {"method": config.method, "train": config.to_dict(), "model": {"name": config.method, "config": model.config.to_dict()}})
         runs.write_csv(out / runs.TRAIN_LOG, LOG_FIELDS, [])
+    distributed.barrier(ctx)
     model.gradient_adjustment = 0.0 if config.gradient_adjustment else 1.0
+    net = distributed.wrap(model, ctx, device)  # what trains; ``model`` stays the plain network
     optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate)
     pre = config.preprocessing()
     cache = SampleCache(train, pre)
     labels = np.array([s.is_defective for s in train])
     seg_flags = np.array([s.pixel_labelled for s in train], dtype=np.float32)
     sampler = EpochSampler(labels, seed=config.seed, frequency_of_use=config.frequency_sampling)
-    log_rows = [row for row in runs.read_csv(out / runs.TRAIN_LOG) if int(row["epoch"]) <= state["epoch"]]
+    log_rows = [row for row in runs.read_csv(out / runs.TRAIN_LOG) if int(row["epoch"]) <= state["epoch"]] if ctx.main else []
 
     for epoch in range(state["epoch"] + 1, config.epochs):
         started = time.perf_counter()
@@ -304,40 +318,47 @@ def fit(
         totals = {"loss": 0.0, "loss_seg": 0.0, "loss_cls": 0.0, "correct": 0}
         model.train()
         for step, start in enumerate(range(0, len(order), config.batch_size)):
-            idx = order[start : start + config.batch_size]
+            idx = ctx.shard(order[start : start + config.batch_size])  # all of it in one process
             images, targets, weights = (torch.from_numpy(a).to(device) for a in cache.batch(idx))
             y = torch.from_numpy(labels[idx].astype(np.float32)).to(device)
             has_seg = torch.from_numpy(seg_flags[idx]).to(device)
-            logit, seg = model(images)
+            logit, seg = net(images)
             loss, seg_per_image, cls_per_image = batch_loss(logit, seg, targets, weights, y, has_seg, w_seg, w_cls)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * ctx.world).backward()  # DDP averages over ranks; the batch loss is a sum
             optimizer.step()
             totals["loss"] += loss.item()
             totals["loss_seg"] += seg_per_image.sum().item()
             totals["loss_cls"] += cls_per_image.sum().item()
             totals["correct"] += int(((logit > 0).float() == y).sum().item())
-            if on_step:
+            if on_step and not ctx.active:
                 n = len(order)
                 on_step(epoch, min(start + config.batch_size, n), n, {k: v / min(start + config.batch_size, n) for k, v in totals.items() if k != "correct"})
         n = len(order)
+        if ctx.active:
+            totals = dict(zip(totals, distributed.sum_values(ctx, list(totals.values()), device)))
         val_ap = None
         if validation and config.validate_every and ((epoch + 1) % config.validate_every == 0 or epoch + 1 == config.epochs):
-            val_ap = average_precision([s.is_defective for s in validation], score_samples(model, validation, pre, device, config.eval_batch_size))
+            logits = distributed.gather_shards(ctx, score_samples(model, ctx.shard(validation), pre, device, config.eval_batch_size), len(validation))
+            val_ap = average_precision([s.is_defective for s in validation], logits)
             if state["best_val_ap"] is None or val_ap > state["best_val_ap"]:
                 state.update(best_val_ap=float(val_ap), best_epoch=epoch)
-                runs.save_weights(out / runs.BEST, model.state_dict())
+                if ctx.main:
+                    runs.save_weights(out / runs.BEST, model.state_dict())
         log_rows.append({
             "epoch": epoch, "loss": totals["loss"] / n, "loss_seg": totals["loss_seg"] / n, "loss_cls": totals["loss_cls"] / n,
             "weight_seg": w_seg, "weight_cls": w_cls, "train_accuracy": totals["correct"] / n,
             "val_ap": "" if val_ap is None else val_ap, "seconds": round(time.perf_counter() - started, 3),
         })
         state["epoch"] = epoch
-        runs.save_weights(out / runs.CHECKPOINT, model.state_dict(), {"state": json.dumps(state)})
-        runs.write_csv(out / runs.TRAIN_LOG, LOG_FIELDS, ([row[k] for k in LOG_FIELDS] for row in log_rows))
+        if ctx.main:
+            runs.save_weights(out / runs.CHECKPOINT, model.state_dict(), {"state": json.dumps(state)})
+            runs.write_csv(out / runs.TRAIN_LOG, LOG_FIELDS, ([row[k] for k in LOG_FIELDS] for row in log_rows))
         if not math.isfinite(totals["loss"]):
             raise DataError(f"training diverged at epoch {epoch} (loss is {totals['loss']}); lower the learning rate")
-    runs.save_weights(out / runs.MODEL, model.state_dict())
+    if ctx.main:
+        runs.save_weights(out / runs.MODEL, model.state_dict())
+    distributed.barrier(ctx)  # the run folder is complete before any rank returns
     return out
 
 

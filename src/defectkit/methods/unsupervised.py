@@ -31,6 +31,7 @@ import abc
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,6 +304,8 @@ def fit(
     from .segdec import resolve_device
 
     out = Path(out)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(f"{config.method.upper()} trains in one process; data-parallel training (torchrun) is for the supervised network")
     saved = None
     if resume:
         runs.require_run(out, runs.CHECKPOINT)
