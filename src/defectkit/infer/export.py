@@ -81,6 +81,7 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, weights: str
     ``PARITY_TOLERANCE`` stops the export rather than ship a model that scores differently."""
     import contextlib
     import io
+    import logging
     import warnings
 
     import torch
@@ -103,6 +104,9 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, weights: str
     tmp = out.with_name(f".{out.name}.tmp")
     started = time.perf_counter()
     chatter = io.StringIO()
+    quiet = logging.getLogger("torch.onnx")  # "torchvision is not installed" lines: true and irrelevant here
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     with warnings.catch_warnings(), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
         warnings.simplefilter("ignore")
         try:
@@ -111,6 +115,8 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, weights: str
         except Exception as exc:  # the exporter's own errors are long; keep its message, drop its stack
             tmp.unlink(missing_ok=True)
             raise DataError(f"{run_dir}: ONNX export failed: {str(exc).splitlines()[0]}\n{chatter.getvalue()[-2000:]}") from None
+        finally:
+            quiet.setLevel(level)
     seconds = time.perf_counter() - started
     difference = _parity(tmp, scorer) if check else None
     if difference is not None and difference > PARITY_TOLERANCE:

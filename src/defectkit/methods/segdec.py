@@ -331,9 +331,10 @@ def fit(
             totals["loss_seg"] += seg_per_image.sum().item()
             totals["loss_cls"] += cls_per_image.sum().item()
             totals["correct"] += int(((logit > 0).float() == y).sum().item())
-            if on_step and not ctx.active:
-                n = len(order)
-                on_step(epoch, min(start + config.batch_size, n), n, {k: v / min(start + config.batch_size, n) for k, v in totals.items() if k != "correct"})
+            if on_step:
+                n, done = len(order), min(start + config.batch_size, len(order))
+                # under torchrun rank 0 sees only its share of the losses: progress without them
+                on_step(epoch, done, n, {} if ctx.active else {k: v / done for k, v in totals.items() if k != "correct"})
         n = len(order)
         if ctx.active:
             totals = dict(zip(totals, distributed.sum_values(ctx, list(totals.values()), device)))
