@@ -44,10 +44,13 @@ class FeatureNorm(nn.Module):
         correction = 1 if x.shape[2] * x.shape[3] > 1 else 0
         stat = torch.var_mean if self.use_variance else torch.std_mean
         spread, mean = stat(xf, dim=(2, 3), correction=correction, keepdim=True)
-        y = (xf - mean) / torch.sqrt(spread + self.eps) * self.scale.view(1, -1, 1, 1)
-        if self.bias is not None:
-            y = y + self.bias.view(1, -1, 1, 1)
-        return y.to(dtype)
+        # (x - mean) * a + bias with a = scale / sqrt(spread + eps) per sample and channel: two
+        # passes over the full-size tensor where the textbook form takes four (at high
+        # resolution this layer is memory-bound, see benchmarks/profile_segdec.py). Centring
+        # first keeps precision when |mean| >> spread, and a one-pixel plane gives bias exactly.
+        a = self.scale.view(1, -1, 1, 1) * torch.rsqrt(spread + self.eps)
+        centred = xf - mean
+        return (centred * a if self.bias is None else torch.addcmul(self.bias.view(1, -1, 1, 1), centred, a)).to(dtype)
 
     def extra_repr(self) -> str:
         spread = "var" if self.use_variance else "std"
