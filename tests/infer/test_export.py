@@ -3,6 +3,7 @@ that answers like the run's own (scores within 1e-4), for every method."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -118,7 +119,12 @@ def test_bad_inputs_get_clear_errors(tmp_path, exported):
         OnnxPredictor(copy)
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
-    sidecar_path(broken).write_text(sidecar_path(model).read_text())
+    meta = json.loads(sidecar_path(model).read_text())
+    sidecar_path(broken).write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="describes another model"):  # a sidecar left from another export
+        OnnxPredictor(broken)
+    meta["model_sha256"] = hashlib.sha256(b"not a model").hexdigest()
+    sidecar_path(broken).write_text(json.dumps(meta))
     with pytest.raises(DataError, match="onnxruntime cannot load it"):
         OnnxPredictor(broken)
 

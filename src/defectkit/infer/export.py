@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import __version__, runs
 from ..errors import ConfigError, DataError
+from .predictor import Predictor
 
 SIDECAR_SUFFIX = ".json"
 FORMAT_VERSION = 1
@@ -91,8 +92,7 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, weights: str
     run_dir = Path(run_dir)
     scorer = load_scorer(run_dir, device="cpu", weights=weights)
     _check_exportable(scorer)
-    method = method_of_run(run_dir)
-    threshold_raw = float(method.run_threshold(run_dir))
+    predictor = Predictor(scorer, method_of_run(run_dir).run_threshold(run_dir))  # the threshold and heatmap scale, as predict uses them
     out = Path(out) if out is not None else run_dir / "model.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
     # a scorer of its own: tracing may leave traced tensors in a scorer's caches (RIAD's masks)
@@ -132,8 +132,8 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, weights: str
         "outputs": {"score": "N: " + ("defect probability" if scorer.raw_is_logit else "anomaly score (max of the smoothed map)"),
                     "raw": "N: " + ("decision logit" if scorer.raw_is_logit else "same as score"),
                     "heatmap": "N x H x W at the input image size: " + ("defect probability" if scorer.raw_is_logit else "anomaly map")},
-        "threshold": {"raw": threshold_raw, "score": float(scorer.to_score(threshold_raw)), "rule": "defective when raw >= threshold.raw"},
-        "heatmap_scale": scorer.heatmap_scale if scorer.raw_is_logit else max(2 * threshold_raw, 1e-6),
+        "threshold": {"raw": predictor.threshold_raw, "score": predictor.threshold, "rule": "defective when raw >= threshold.raw"},
+        "heatmap_scale": predictor.heatmap_scale,
         "opset": opset, "export_seconds": round(seconds, 1), "max_score_difference_to_torch": difference,
     }
     runs.write_json(sidecar_path(out), sidecar)

@@ -8,6 +8,7 @@ graph shares one size.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ class OnnxPredictor:
             raise DataError(f"{meta_path}: not valid JSON ({exc})") from None
         if self.meta.get("format") != "defectkit-onnx" or self.meta.get("format_version", 0) > FORMAT_VERSION:
             raise DataError(f"{meta_path}: not a defectkit ONNX sidecar this version can read")
+        if self.meta.get("model_sha256") != hashlib.sha256(self.path.read_bytes()).hexdigest():
+            raise DataError(f"{meta_path}: describes another model than {self.path.name} (sha256 differs); export again")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
