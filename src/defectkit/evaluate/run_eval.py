@@ -87,11 +87,9 @@ def score_samples(scorer, samples) -> tuple[np.ndarray, np.ndarray, dict]:
 
 def read_test_split(config, data_root=None) -> tuple[dict, list]:
     """(all splits, test samples) of a run's config, read the way training read them."""
-    from ..data.datasets import read_dataset
-    from ..methods.segdec import split_samples
+    from ..methods.segdec import read_parts
 
-    root = data_root if data_root is not None else config.data_root
-    parts = split_samples(read_dataset(config.dataset, root, config.split, config.fold), config.seed)
+    parts = read_parts(config, data_root)
     test = parts.get("test")
     if not test:
         raise DataError(f"dataset {config.dataset}: no test split to evaluate on")

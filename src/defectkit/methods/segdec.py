@@ -180,6 +180,14 @@ def split_samples(samples: list[Sample], seed: int) -> dict[str, list[Sample]]:
     return parts
 
 
+def read_parts(config, data_root=None) -> dict[str, list[Sample]]:
+    """A training config's dataset by split, as every method trains and evaluates on it."""
+    from ..data.datasets import read_dataset
+
+    root = data_root if data_root is not None else config.data_root
+    return split_samples(read_dataset(config.dataset, root, config.split, config.fold), config.seed)
+
+
 class SampleCache:
     """Preprocessed images and targets, computed once (training visits them every epoch)."""
 
@@ -253,7 +261,6 @@ def fit(
     rank 0 writes the run folder and logs."""
     import torch
 
-    from ..data.datasets import read_dataset
     from ..data.sampler import EpochSampler
     from ..evaluate.metrics import average_precision
     from . import distributed
@@ -279,7 +286,7 @@ def fit(
     distributed.barrier(ctx)  # every rank has checked the folder before rank 0 writes to it
 
     device = distributed.device(ctx, resolve_device(config.device))
-    parts = split_samples(read_dataset(config.dataset, config.data_root, config.split, config.fold), config.seed)
+    parts = read_parts(config)
     train = parts.get("train", [])
     validation = parts.get("validation", [])
     positives = [s for s in train if s.is_defective]

@@ -44,6 +44,7 @@ from ..data.preprocess import Preprocessing
 from ..data.sample import Sample
 from ..errors import ConfigError, DataError
 from .registry import Scorer
+from .segdec import read_parts
 
 THRESHOLD_FILE = runs.THRESHOLD
 LOG_FIELDS = ["epoch", "loss", "loss_l2", "loss_msgms", "loss_ssim", "seconds"]
@@ -209,14 +210,6 @@ def split_training(parts: dict[str, list[Sample]], config) -> tuple[list[Sample]
     count = min(max(1, round(config.holdout * len(good))), len(good) - 1)
     held = set(np.random.default_rng([config.seed, 1]).choice(len(good), count, replace=False).tolist())
     return [s for i, s in enumerate(good) if i not in held], [s for i, s in enumerate(good) if i in held], ignored
-
-
-def read_parts(config, data_root=None) -> dict[str, list[Sample]]:
-    from ..data.datasets import read_dataset
-    from .segdec import split_samples
-
-    root = data_root if data_root is not None else config.data_root
-    return split_samples(read_dataset(config.dataset, root, config.split, config.fold), config.seed)
 
 
 def decision_threshold(scorer: ReconstructionScorer, parts: dict[str, list[Sample]], test_metrics: dict | None = None) -> dict:
