@@ -55,3 +55,29 @@ def run_cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium from the system package (Debian ``chromium``), driven by Playwright.
+
+    Browsers cannot be downloaded here, so Playwright is pointed at the system binary. Without
+    one the browser tests skip, except under ``DEFECTKIT_REQUIRE_BROWSER=1`` (set by CI, which
+    installs it), where they fail."""
+    import os
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    path = os.environ.get("DEFECTKIT_CHROMIUM") or next((p for p in CHROMIUM_PATHS if Path(p).is_file()), None) or shutil.which("chromium")
+    if not path:
+        message = "no Chromium: install Debian's `chromium` package (or set DEFECTKIT_CHROMIUM to a Chromium binary)"
+        if os.environ.get("DEFECTKIT_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=path, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        yield chromium
+        chromium.close()
