@@ -24,6 +24,7 @@ from .. import runs
 from ..data.preprocess import DOWNSAMPLE, Preprocessing
 from ..data.sample import Sample
 from ..errors import ConfigError, DataError
+from . import accel
 from .registry import Scorer
 
 
@@ -57,6 +58,7 @@ class TrainConfig:
     frequency_sampling: bool = True
     seed: int = 0
     device: str = "cpu"
+    precision: str = "auto"  # accel.py: bf16 autocast on a CUDA GPU that has it, else fp32
     validate_every: int = 5
     eval_batch_size: int = 4
 
@@ -208,12 +210,7 @@ class SampleCache:
 
 
 def resolve_device(name: str):
-    import torch
-
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is available (PyTorch sees none)")
-    return device
+    return accel.resolve(name, "fp32").device
 
 
 def build_model(config: TrainConfig):
@@ -223,7 +220,7 @@ def build_model(config: TrainConfig):
     return create_model(config.method, config.preset, in_channels=config.channels, **{"input_size": tuple(config.input_size), **config.model_overrides})
 
 
-def score_samples(model, samples: list[Sample], pre: Preprocessing, device, batch_size: int = 4) -> np.ndarray:
+def score_samples(model, samples: list[Sample], pre: Preprocessing, acc: accel.Accelerator, batch_size: int = 4) -> np.ndarray:
     """Image logits (float64).
 
     Logits, not probabilities: a confident network's sigmoid rounds to exactly 1.0 even in
@@ -235,8 +232,10 @@ def score_samples(model, samples: list[Sample], pre: Preprocessing, device, batc
     logits = []
     with torch.inference_mode():
         for start in range(0, len(samples), batch_size):
-            x = torch.from_numpy(np.stack([pre.image(s) for s in samples[start : start + batch_size]])).to(device)
-            logits.append(model(x)[0].double().cpu().numpy())
+            x = acc.tensor(np.stack([pre.image(s) for s in samples[start : start + batch_size]]))
+            with acc.autocast():
+                logit = model(x)[0]
+            logits.append(logit.double().cpu().numpy())
     return np.concatenate(logits) if logits else np.empty(0, np.float64)
 
 
@@ -285,7 +284,8 @@ def fit(
         state = {"epoch": -1, "best_val_ap": None, "best_epoch": None}
     distributed.barrier(ctx)  # every rank has checked the folder before rank 0 writes to it
 
-    device = distributed.device(ctx, resolve_device(config.device))
+    acc = accel.resolve(distributed.device(ctx, resolve_device(config.device)), config.precision)
+    device = acc.device
     parts = read_parts(config)
     train = parts.get("train", [])
     validation = parts.get("validation", [])
@@ -300,7 +300,7 @@ def fit(
         dynamic = False
 
     torch.manual_seed(config.seed)
-    model = build_model(config).to(device)
+    model = acc.prepare(build_model(config))
     if resume:
         runs.load_weights(model, out / runs.CHECKPOINT)
     elif ctx.main:
@@ -324,13 +324,19 @@ def fit(
         order = sampler.epoch(epoch)
         totals = {"loss": 0.0, "loss_seg": 0.0, "loss_cls": 0.0, "correct": 0}
         model.train()
-        for step, start in enumerate(range(0, len(order), config.batch_size)):
-            idx = ctx.shard(order[start : start + config.batch_size])  # all of it in one process
-            images, targets, weights = (torch.from_numpy(a).to(device) for a in cache.batch(idx))
-            y = torch.from_numpy(labels[idx].astype(np.float32)).to(device)
-            has_seg = torch.from_numpy(seg_flags[idx]).to(device)
-            logit, seg = net(images)
-            loss, seg_per_image, cls_per_image = batch_loss(logit, seg, targets, weights, y, has_seg, w_seg, w_cls)
+
+        def batches(order=order):
+            for start in range(0, len(order), config.batch_size):
+                idx = ctx.shard(order[start : start + config.batch_size])  # all of it in one process
+                arrays = (*cache.batch(idx), labels[idx].astype(np.float32), seg_flags[idx])
+                yield start, tuple(acc.tensor(a) for a in arrays)
+
+        # on a GPU the next batch is stacked and copied while this one computes
+        for start, (images, targets, weights, y, has_seg) in accel.prefetch(batches(), enabled=acc.cuda):
+            with acc.autocast():
+                logit, seg = net(images)
+            # losses in fp32 whatever the forward's precision
+            loss, seg_per_image, cls_per_image = batch_loss(logit.float(), seg.float(), targets, weights, y, has_seg, w_seg, w_cls)
             optimizer.zero_grad(set_to_none=True)
             (loss * ctx.world).backward()  # DDP averages over ranks; the batch loss is a sum
             optimizer.step()
@@ -347,7 +353,7 @@ def fit(
             totals = dict(zip(totals, distributed.sum_values(ctx, list(totals.values()), device)))
         val_ap = None
         if validation and config.validate_every and ((epoch + 1) % config.validate_every == 0 or epoch + 1 == config.epochs):
-            logits = distributed.gather_shards(ctx, score_samples(model, ctx.shard(validation), pre, device, config.eval_batch_size), len(validation))
+            logits = distributed.gather_shards(ctx, score_samples(model, ctx.shard(validation), pre, acc, config.eval_batch_size), len(validation))
             val_ap = average_precision([s.is_defective for s in validation], logits)
             if state["best_val_ap"] is None or val_ap > state["best_val_ap"]:
                 state.update(best_val_ap=float(val_ap), best_epoch=epoch)
@@ -381,16 +387,16 @@ class SegDecScorer(Scorer):
     method = "segdec"
     raw_is_logit = True
 
-    def __init__(self, model, config: TrainConfig, device):
-        super().__init__(config, device)
-        self.model = model
+    def __init__(self, model, config: TrainConfig, acc: accel.Accelerator):
+        super().__init__(config, acc.device)
+        self.model, self.acc = model, acc
 
     def score_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        with torch.inference_mode():
-            logit, seg = self.model(torch.from_numpy(images).to(self.device))
-            return logit.double().cpu().numpy(), torch.sigmoid(seg[:, 0]).float().cpu().numpy()
+        with torch.inference_mode(), self.acc.autocast():
+            logit, seg = self.model(self.acc.tensor(images))
+        return logit.double().cpu().numpy(), torch.sigmoid(seg[:, 0].float()).cpu().numpy()
 
 
 def load_scorer(run_dir: str | Path, device: str = "cpu", weights: str = runs.MODEL) -> SegDecScorer:
@@ -400,8 +406,9 @@ def load_scorer(run_dir: str | Path, device: str = "cpu", weights: str = runs.MO
     config, model_section = read_run_config(run_dir)
     model = model_from_config(model_section["name"], model_section["config"])
     runs.load_weights(model, run_dir / weights)
-    dev = resolve_device(device)
-    return SegDecScorer(model.to(dev).eval(), config, dev)
+    # a run trained in bf16 on a GPU still scores on a CPU (in fp32); fp32 asked for stays fp32
+    acc = accel.resolve(device, "fp32" if config.precision == "fp32" else "auto")
+    return SegDecScorer(acc.prepare(model).eval(), config, acc)
 
 
 def decision_threshold(scorer: SegDecScorer, parts: dict[str, list[Sample]], test_metrics: dict) -> dict:

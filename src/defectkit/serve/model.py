@@ -1,0 +1,96 @@
+"""The model a service answers with: a run folder (PyTorch) or an exported ``.onnx`` (onnxruntime).
+
+The predictor is built and always used in one thread of its own (``executor``), so a PyTorch
+model or an onnxruntime session never sees two threads. ``info`` is what ``GET /model``
+shows: method, preset, input size, channels, backend, threshold with its source, and the
+run's test metrics (a run folder) or the export's sidecar fields (an ONNX model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .. import runs
+from ..errors import ConfigError, DataError
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def finite(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None (JSON has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+class ServedModel:
+    def __init__(self, model_path: str | Path, device: str = "cpu"):
+        import defectkit
+
+        self.path = Path(model_path)
+        self.backend = "onnx" if self.path.suffix == ".onnx" else "torch"
+        if self.backend == "onnx" and device != "cpu":
+            raise ConfigError(f"{self.path.name}: an ONNX model runs on the CPU (onnxruntime's CPU provider); device must be 'cpu', got {device!r}")
+        if self.backend == "torch" and not self.path.exists():
+            raise DataError(f"{self.path}: no such run folder or .onnx model")
+        self.device = device
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="defectkit-model")
+        self.predictor = self.executor.submit(defectkit.load, self.path, device=device).result()
+        p = self.predictor
+        self.channels, self.method, self.heatmap_scale = p.channels, p.method, p.heatmap_scale
+        self.threshold, self.threshold_raw = p.threshold, p.threshold_raw
+        if self.backend == "onnx":
+            self.weights = self.path
+            self.model_id = p.meta["model_sha256"][:16]  # the predictor checked it against the file
+        else:
+            self.weights = self.path / runs.MODEL
+            self.model_id = file_sha256(self.weights)[:16]
+        self.info = finite(self._describe())
+
+    def predict_batch(self, images: list) -> list:
+        """Run in ``executor`` only (the batcher does)."""
+        return self.predictor.predict_batch(images)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False)
+
+    def _describe(self) -> dict[str, Any]:
+        p = self.predictor
+        threshold = {"score": p.threshold, "raw": p.threshold_raw, "raw_is_logit": self.method == "segdec",
+                     "rule": "defective when the raw score (segdec: the logit) >= threshold.raw"}
+        info: dict[str, Any] = {"model_id": self.model_id, "backend": self.backend, "method": self.method, "path": self.path.name,
+                                "weights": self.weights.name, "channels": self.channels, "colour": "gray" if self.channels == 1 else "RGB",
+                                "heatmap_scale": self.heatmap_scale, "device": self.device if self.backend == "torch" else "cpu"}
+        if self.backend == "onnx":
+            meta = p.meta
+            width, height = meta["input"]["network_size"]
+            threshold["source"] = "the ONNX sidecar (the run's threshold when it was exported)"
+            info.update(preset=None, input_size={"width": width, "height": height}, threshold=threshold, metrics=None,
+                        export={k: meta.get(k) for k in ("defectkit", "format_version", "opset", "run", "weights", "export_seconds", "max_score_difference_to_torch", "model_sha256")})
+            return info
+        width, height = p.pre.input_size
+        metrics_path, threshold_path = self.path / runs.METRICS, self.path / runs.THRESHOLD
+        metrics = runs.read_json(metrics_path) if metrics_path.is_file() else None
+        stored = runs.read_json(threshold_path) if threshold_path.is_file() else None
+        if isinstance(stored, dict) and stored.get("source"):
+            threshold["source"] = stored["source"]
+        elif isinstance(metrics, dict) and metrics.get("threshold_source"):
+            threshold["source"] = metrics["threshold_source"]
+        else:
+            threshold["source"] = "default: probability 0.5 (the run has not been evaluated)"
+        info.update(preset=getattr(p.config, "preset", None), input_size={"width": width, "height": height}, threshold=threshold, metrics=metrics)
+        return info
