@@ -444,6 +444,36 @@ def export_command(
         export_onnx(run_dir, out, weights=weights, check=check, log=lambda m: console.print(m, markup=False))
 
 
+@app.command("threshold")
+def threshold_command(
+    run_dir: Path = typer.Argument(..., help="A trained (and, for --split test, evaluated) run folder."),
+    policy: str = typer.Option("best-f1", "--policy", "-p", help="best-f1, zero-fn (miss no defect), max-fpr=X (flag at most a share X of good parts) or recall=X."),
+    split: str = typer.Option("auto", "--split", help="validation, test, or auto: validation when it suits the policy, else test (with a warning)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where the dataset is now, if it moved (to score the validation split)."),
+    device: str = typer.Option("cpu", "--device"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what the policy gives without storing it."),
+):
+    """Set the run's production decision threshold by a policy; predict, export and serve then use it."""
+    from rich.table import Table
+
+    from .evaluate.run_eval import set_threshold
+
+    console = _console()
+    result = set_threshold(run_dir, policy, split=split, data_root=data_root, device=device, write=not dry_run,
+                           log=lambda m: _console(stderr=True).print(m, markup=False))
+    table = Table(title=f"{policy} on the {result['split']} split ({result['n_images']} images, {result['n_defective']} defective)")
+    for column in ("threshold", "TP", "FP", "FN", "TN", "recall", "false-positive rate", "precision"):
+        table.add_column(column, justify="right")
+    raw = f" (logit {result['value']:.4g})" if result["score"] != result["value"] else ""
+    table.add_row(f"{result['score']:.6g}{raw}", *(str(result[k]) for k in ("tp", "fp", "fn", "tn")),
+                  *(f"{result[k]:.4f}" for k in ("recall", "fpr", "precision")))
+    console.print(table)
+    if dry_run:
+        console.print("dry run: nothing stored")
+    else:
+        console.print(f"stored in {run_dir / 'threshold.json'}; predict and serve use it now (re-export ONNX models to carry it)", markup=False)
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run folder to create (replaced if it holds an earlier demo)."),

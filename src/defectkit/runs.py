@@ -15,8 +15,12 @@ checkpoint.safetensors weights after the last finished epoch, with the training 
                        EAR/RIAD keep Adam's moments in it too (``model.*`` and
                        ``optimizer.*`` tensors)
 attention.safetensors  EAR: the attention weights the run excises with (a copy)
-threshold.json         EAR/RIAD: the decision threshold fixed when training ended,
-                       with its source (validation best F1 or a good-image quantile)
+threshold.json         the decision threshold every predictor, export and service of
+                       the run uses (raw-score units: ``value``) with its ``source``.
+                       EAR/RIAD write it when training ends (validation best F1 or a
+                       good-image quantile); ``defectkit threshold --policy`` writes it
+                       for any method. A segdec run without it decides at
+                       metrics.json's ``decision_threshold_logit`` (logit 0 before eval)
 train_log.csv          one row per epoch: losses, validation AP (segdec), seconds
 metrics.json           test metrics (ap, auroc, threshold, fp, fn, fp_at_fn0, ...,
                        decision_threshold and threshold_source; pixel_auroc,
@@ -55,6 +59,12 @@ PR_CURVE = "pr_curve.png"
 ROC_CURVE = "roc_curve.png"
 ATTENTION = "attention.safetensors"
 THRESHOLD = "threshold.json"
+
+
+def stored_threshold(run_dir: Path) -> dict | None:
+    """threshold.json of the run, when it has one."""
+    path = Path(run_dir) / THRESHOLD
+    return read_json(path) if path.is_file() else None
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -81,7 +81,7 @@ def test_a_supervised_run_without_a_method_field_evaluates_with_pixel_metrics(tm
     scorer = load_scorer(run)
     model, cfg = scorer.model, scorer.config
     test = split_samples(read_dataset("synthetic", str(root)), 0)["test"]
-    logits = score_samples(model, test, cfg.preprocessing(), "cpu", cfg.eval_batch_size)
+    logits = score_samples(model, test, cfg.preprocessing(), scorer.acc, cfg.eval_batch_size)
     assert result["ap"] == M.average_precision([s.is_defective for s in test], logits)
     with torch.inference_mode():
         seg = model(torch.from_numpy(np.stack([cfg.preprocessing().image(s) for s in test])))[1]

@@ -35,6 +35,8 @@ __all__ = [
     "precision_recall_curve",
     "best_f1_threshold",
     "fp_at_zero_fn",
+    "parse_policy",
+    "policy_threshold",
     "image_metrics",
     "combine_folds",
     "pixel_auroc",
@@ -289,12 +291,15 @@ def precision_recall_curve(labels: Any, scores: Any) -> tuple[np.ndarray, np.nda
     )
 
 
-def _best_f1(r: _Ranking) -> dict[str, Any]:
+def _f1(r: _Ranking) -> np.ndarray:
     tp = r.tps.astype(np.int64)
-    fp = r.fps.astype(np.int64)
-    fn = r.n_pos - tp
     # Integer numerator/denominator: equal F1 values compare equal, so ties are exact.
-    f1 = (2 * tp) / (2 * tp + fp + fn)
+    return (2 * tp) / (2 * tp + r.fps.astype(np.int64) + (r.n_pos - tp))
+
+
+def _best_f1(r: _Ranking) -> dict[str, Any]:
+    tp, fp, fn = r.tps.astype(np.int64), r.fps.astype(np.int64), r.n_pos - r.tps.astype(np.int64)
+    f1 = _f1(r)
     i = int(np.argmax(f1))  # first maximum = highest threshold, thresholds decrease
     tp_i, fp_i, fn_i = int(tp[i]), int(fp[i]), int(fn[i])
     return {
@@ -338,6 +343,61 @@ def fp_at_zero_fn(labels: Any, scores: Any) -> dict[str, Any]:
     """
     y, s = _check_image_inputs(labels, scores)
     return _fp_at_zero_fn(y, s)
+
+
+POLICIES = ("best-f1", "zero-fn", "max-fpr=X", "recall=X")
+
+
+def parse_policy(text: str) -> tuple[str, float | None]:
+    """``"max-fpr=0.01"`` -> ``("max-fpr", 0.01)``; the named policies take no value."""
+    name, _, value = str(text).strip().partition("=")
+    if name in ("best-f1", "zero-fn") and not value:
+        return name, None
+    if name in ("max-fpr", "recall") and value:
+        try:
+            x = float(value)
+        except ValueError:
+            x = float("nan")
+        if not 0.0 <= x <= 1.0:  # also rejects nan
+            raise MetricInputError(f"policy {text!r}: {name} needs a value between 0 and 1, e.g. {name}=0.01")
+        return name, x
+    raise MetricInputError(f"unknown threshold policy {text!r}; choose one of {', '.join(POLICIES)}")
+
+
+def policy_threshold(labels: Any, scores: Any, policy: str) -> dict[str, Any]:
+    """The decision threshold a production policy picks on these scores, with the counts it gives.
+
+    * ``best-f1``: the threshold of highest F1 (:func:`best_f1_threshold`).
+    * ``zero-fn``: the highest threshold that misses no defective image (the lowest defect score).
+    * ``recall=R``: the highest threshold that flags at least a share R of the defective images.
+    * ``max-fpr=X``: the lowest threshold (most defects caught) that flags at most a share X of
+      the good images; when even the top score would flag more, a value just above every score.
+    """
+    name, x = parse_policy(policy)
+    y, s = _check_image_inputs(labels, scores)
+    r = _Ranking(y, s)
+    if name != "max-fpr" and r.n_pos == 0:
+        raise MetricInputError(f"policy {policy!r} needs defective images among the scores; there are none")
+    if name == "max-fpr" and r.n_neg == 0:
+        raise MetricInputError(f"policy {policy!r} needs good images among the scores; there are none")
+    tps, fps = r.tps.astype(np.int64), r.fps.astype(np.int64)
+    if name == "best-f1":
+        i = int(np.argmax(_f1(r)))  # as best_f1_threshold
+    elif name in ("zero-fn", "recall"):
+        needed = r.n_pos if name == "zero-fn" else int(np.ceil(x * r.n_pos - 1e-9))
+        i = int(np.argmax(tps >= needed))  # tps grows as the threshold falls: the first is the highest
+    else:
+        allowed = np.flatnonzero(fps <= x * r.n_neg + 1e-9)
+        i = int(allowed[-1]) if allowed.size else -1
+    if i < 0:
+        threshold, tp, fp = float(np.nextafter(r.thresholds[0], np.inf)), 0, 0
+    else:
+        threshold, tp, fp = float(r.thresholds[i]), int(tps[i]), int(fps[i])
+    return {
+        "policy": policy, "threshold": threshold, "tp": tp, "fp": fp, "fn": r.n_pos - tp, "tn": r.n_neg - fp,
+        "recall": tp / r.n_pos if r.n_pos else float("nan"), "fpr": fp / r.n_neg if r.n_neg else float("nan"),
+        "precision": tp / (tp + fp) if tp + fp else float("nan"), "n_images": r.n_pos + r.n_neg, "n_defective": r.n_pos,
+    }
 
 
 def image_metrics(labels: Any, scores: Any) -> dict[str, Any]:

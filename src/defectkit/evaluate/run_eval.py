@@ -109,7 +109,9 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, devic
     parts, test = read_test_split(config, data_root)
     labels, raw, pixel_result = score_samples(scorer, test)
     result = M.image_metrics(labels, raw)  # rank metrics on raw scores (logits for segdec: the exact probabilities' ranking)
-    threshold = method.decision_threshold(scorer, parts, result)
+    stored = runs.stored_threshold(run_dir) if weights == runs.MODEL else None
+    # threshold.json (fixed when EAR/RIAD training ended, or by `defectkit threshold`) wins
+    threshold = stored or method.decision_threshold(scorer, parts, result)
     decision = threshold["value"]
     if scorer.raw_is_logit:
         # thresholds are reported as probabilities, with the logit beside (a probability can round to 1.0)
@@ -133,4 +135,78 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, devic
     )
     if len(set(labels.tolist())) == 2:
         plot_curves(labels, raw, run_dir, f"{config.dataset} test")
+    return result
+
+
+THRESHOLD_SPLITS = ("auto", "validation", "test")
+
+
+def policy_scores(run_dir: Path, policy: str, split: str = "auto", data_root=None, device: str = "cpu", log=print) -> tuple[str, np.ndarray, np.ndarray]:
+    """(split used, labels, raw scores) to choose a threshold on: the validation split scored
+    by the run's model, or the test split's scores from predictions.csv (with a warning:
+    thresholds chosen on the test split make its metrics optimistic)."""
+    from ..methods.registry import method_of_run
+
+    if split not in THRESHOLD_SPLITS:
+        raise DataError(f"--split must be one of {', '.join(THRESHOLD_SPLITS)}; got {split!r}")
+    method = method_of_run(run_dir)
+    name, _ = M.parse_policy(policy)
+    if split in ("auto", "validation"):
+        from ..methods.segdec import read_parts
+
+        validation = read_parts(method.read_run_config(run_dir), data_root).get("validation") or []
+        labels = np.array([s.is_defective for s in validation], dtype=bool)
+        usable = labels.size and (name == "max-fpr" or labels.any()) and (name != "max-fpr" or not labels.all())
+        if usable:
+            return "validation", labels, method.load_scorer(run_dir, device=device).raw_scores(validation)
+        what = "no validation split" if not labels.size else f"the validation split has no {'good' if name == 'max-fpr' else 'defective'} image"
+        if split == "validation":
+            raise DataError(f"{run_dir}: {what} for policy {policy}; use --split test")
+        log(f"warning: {what}; choosing the threshold on the test split, so the test metrics in metrics.json become optimistic")
+    path = Path(run_dir) / runs.PREDICTIONS
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run `defectkit eval {run_dir}` first (the test split's scores are read from it)")
+    rows = runs.read_csv(path)
+    try:
+        labels = np.array([int(r["label"]) for r in rows], dtype=bool)
+        raw = np.array([float(r["logit"] if r.get("logit") else r["score"]) for r in rows])  # segdec ranks by the logit
+    except (KeyError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable ({exc}); run `defectkit eval {run_dir}` again") from None
+    return "test", labels, raw
+
+
+def set_threshold(run_dir: str | Path, policy: str, split: str = "auto", data_root=None, device: str = "cpu", write: bool = True, log=print) -> dict:
+    """Choose the run's decision threshold by a production policy and (``write``) store it in
+    threshold.json, where ``defectkit.load``, export and serve read it; metrics.json's decision
+    threshold and predictions.csv's decisions are updated to match."""
+    from ..methods.registry import method_of_run, to_score
+
+    run_dir = runs.require_run(Path(run_dir))
+    method = method_of_run(run_dir)
+    used, labels, raw = policy_scores(run_dir, policy, split, data_root, device, log)
+    chosen = M.policy_threshold(labels, raw, policy)
+    is_logit = method.raw_is_logit
+    value = chosen.pop("threshold")
+    score = float(to_score(value, is_logit))
+    result = {
+        "value": value, "score": score, "policy": policy, "split": used,
+        "source": f"policy {policy} on the {used} split ({chosen['n_images']} images, {chosen['n_defective']} defective)",
+        **{k: v for k, v in chosen.items() if k != "policy"},
+    }
+    if not write:
+        return result
+    runs.write_json(run_dir / runs.THRESHOLD, result)
+    metrics_path = run_dir / runs.METRICS
+    if metrics_path.is_file():
+        stored = runs.read_json(metrics_path)
+        stored.update(decision_threshold=score, threshold_source=result["source"], **({"decision_threshold_logit": value} if is_logit else {}))
+        runs.write_json(metrics_path, stored)
+    predictions = run_dir / runs.PREDICTIONS
+    if predictions.is_file():
+        rows = runs.read_csv(predictions)
+        if rows:
+            for row in rows:
+                row["decision"] = int(float(row["logit"] if row.get("logit") else row["score"]) >= value)
+            fields = list(rows[0])
+            runs.write_csv(predictions, fields, ([row[k] for k in fields] for row in rows))
     return result

@@ -68,6 +68,7 @@ class EarConfig(UnsupervisedConfig):
 
 
 CONFIG_CLASS = EarConfig
+SCORER = unsupervised.ReconstructionScorer
 
 
 def gray(x):

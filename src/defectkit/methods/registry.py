@@ -4,6 +4,7 @@ A method is a module with four verbs; training, evaluation, the predictor and th
 it only through this registry, so adding one is one entry here:
 
 * ``CONFIG_CLASS``: its training config (a dataclass with ``from_dict``/``to_dict``);
+* ``SCORER``: its :class:`Scorer` class (what its raw scores mean);
 * ``fit(config, out, resume=False, on_step=None, log=print)``: train into a run folder;
 * ``load_scorer(run_dir, device, weights)``: a :class:`Scorer` built from the run folder;
 * ``decision_threshold(scorer, parts, test_metrics)``: the decision threshold and where it
@@ -58,9 +59,15 @@ class Method:
     def read_run_config(self, run_dir: str | Path):
         return self.impl().read_run_config(Path(run_dir))[0]
 
+    @property
+    def raw_is_logit(self) -> bool:
+        return self.impl().SCORER.raw_is_logit
+
     def run_threshold(self, run_dir: str | Path) -> float:
-        """The decision threshold (raw-score units) a predictor of this run uses."""
-        return float(self.impl().run_threshold(Path(run_dir)))
+        """The decision threshold (raw-score units) a predictor of this run uses: threshold.json
+        when the run has one (any method), else the method's own rule."""
+        stored = runs.stored_threshold(Path(run_dir))
+        return float(stored["value"] if stored else self.impl().run_threshold(Path(run_dir)))
 
 
 METHODS: dict[str, Method] = {
@@ -102,6 +109,13 @@ def load_scorer(run_dir: str | Path, device: str = "cpu", weights: str = runs.MO
     return method_of_run(run_dir).load_scorer(run_dir, device=device, weights=weights)
 
 
+def to_score(raw, raw_is_logit: bool):
+    """User-facing score: the probability (float64 sigmoid) of a logit, else the raw score."""
+    if raw_is_logit:
+        return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(raw, dtype=np.float64)))
+    return np.asarray(raw, dtype=np.float64)
+
+
 class Scorer(abc.ABC):
     """A trained method ready to score images.
 
@@ -128,9 +142,7 @@ class Scorer(abc.ABC):
 
     def to_score(self, raw):
         """User-facing score from raw scores (scalar or array)."""
-        if self.raw_is_logit:
-            return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(raw, dtype=np.float64)))
-        return np.asarray(raw, dtype=np.float64)
+        return to_score(raw, self.raw_is_logit)
 
     def iter_samples(self, samples: list, batch_size: int | None = None) -> Iterator[tuple[list, np.ndarray, np.ndarray]]:
         """(samples, raw scores, maps) batch by batch: maps never pile up for a whole split."""

@@ -43,6 +43,7 @@ class RiadConfig(UnsupervisedConfig):
 
 
 CONFIG_CLASS = RiadConfig
+SCORER = unsupervised.ReconstructionScorer
 
 
 def inpaint(unet, x, masks):

@@ -239,11 +239,6 @@ def score_samples(model, samples: list[Sample], pre: Preprocessing, acc: accel.A
     return np.concatenate(logits) if logits else np.empty(0, np.float64)
 
 
-def sigmoid(logit):
-    """Probability from a logit, in float64 (scalar or array)."""
-    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(logit, dtype=np.float64)))
-
-
 LOG_FIELDS = ["epoch", "loss", "loss_seg", "loss_cls", "weight_seg", "weight_cls", "train_accuracy", "val_ap", "seconds"]
 
 
@@ -397,6 +392,9 @@ class SegDecScorer(Scorer):
         with torch.inference_mode(), self.acc.autocast():
             logit, seg = self.model(self.acc.tensor(images))
         return logit.double().cpu().numpy(), torch.sigmoid(seg[:, 0].float()).cpu().numpy()
+
+
+SCORER = SegDecScorer
 
 
 def load_scorer(run_dir: str | Path, device: str = "cpu", weights: str = runs.MODEL) -> SegDecScorer:

@@ -179,9 +179,6 @@ class Reconstruction(abc.ABC):
 class ReconstructionScorer(Scorer):
     """Raw score = max of the smoothed anomaly map; map at the input size."""
 
-    run_dir: Path | None = None  # set when loaded from a run folder
-    weights: str | None = None
-
     def __init__(self, method: Reconstruction, unet, config, device):
         super().__init__(config, device)
         self.recon, self.unet, self.method = method, unet.eval(), config.method
@@ -216,9 +213,6 @@ def decision_threshold(scorer: ReconstructionScorer, parts: dict[str, list[Sampl
     """The module docstring's rule: best F1 on a validation split with defects, else a quantile of good images."""
     from ..evaluate.metrics import best_f1_threshold
 
-    stored = getattr(scorer, "run_dir", None) and scorer.weights == runs.MODEL and stored_threshold(scorer.run_dir)
-    if stored:  # fixed when training ended, from the same rule
-        return stored
     config = scorer.config
     validation = parts.get("validation") or []
     if any(s.is_defective for s in validation):
@@ -385,19 +379,11 @@ def load_scorer(run_dir: str | Path, config_cls: type, method_cls: type[Reconstr
     runs.load_weights(unet, run_dir / weights)
     recon = method_cls(config, dev)
     recon.setup(run_dir, saved)
-    scorer = ReconstructionScorer(recon, unet.to(dev), config, dev)
-    scorer.run_dir, scorer.weights = run_dir, weights
-    return scorer
-
-
-def stored_threshold(run_dir: Path) -> dict | None:
-    """The threshold fixed at the end of training, if the run got that far."""
-    path = Path(run_dir) / THRESHOLD_FILE
-    return runs.read_json(path) if path.is_file() else None
+    return ReconstructionScorer(recon, unet.to(dev), config, dev)
 
 
 def run_threshold(run_dir: Path) -> float:
-    stored = stored_threshold(run_dir)
+    stored = runs.stored_threshold(run_dir)
     if stored is None:
         raise DataError(f"{Path(run_dir) / THRESHOLD_FILE}: missing (the run has not finished training); finish it with defectkit train --resume")
     return stored["value"]
