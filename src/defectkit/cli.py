@@ -444,6 +444,23 @@ def export_command(
         export_onnx(run_dir, out, weights=weights, check=check, log=lambda m: console.print(m, markup=False))
 
 
+@app.command("report")
+def report_command(
+    run_dir: Path = typer.Argument(..., help="An evaluated run folder, or a folder of per-fold runs (fold0/, fold1/, ...)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default RUN_DIR/report.html)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where the dataset is now, if it moved (for the gallery's images and masks)."),
+    gallery: int = typer.Option(6, "--gallery", help="Images per gallery group (worst false positives, worst false negatives, true detections); 0: none."),
+    device: str = typer.Option("cpu", "--device"),
+):
+    """One self-contained HTML report: config, data, metrics, curves, histograms, confusion counts, gallery, training curves."""
+    from .report import write_report
+
+    console = _console()
+    with console.status("writing the report (scoring the gallery images)"):
+        path = write_report(run_dir, out, data_root=data_root, device=device, gallery_size=gallery, log=lambda m: None)
+    console.print(f"report: {path} (open it in a browser; it needs no network)", markup=False)
+
+
 @app.command("threshold")
 def threshold_command(
     run_dir: Path = typer.Argument(..., help="A trained (and, for --split test, evaluated) run folder."),

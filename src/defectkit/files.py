@@ -9,12 +9,26 @@ from pathlib import Path
 from .errors import DataError
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# read once at import: os.umask can only be read by setting it, which is not thread-safe later
+UMASK = _read_umask()
+
+
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
+    """Write to a temp file in the same folder, fsync, then rename over ``path``.
+
+    The file gets the permissions a plain ``open`` would give (0666 less the umask), not the
+    temp file's private 0600, so a service or a colleague can read the run folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

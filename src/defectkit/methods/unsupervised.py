@@ -287,8 +287,8 @@ def fit(
     import torch
     import torch.nn.functional as F
 
+    from . import accel
     from .reconstruction import msgms_loss, ssim_loss
-    from .segdec import resolve_device
 
     out = Path(out)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -300,7 +300,10 @@ def fit(
     elif (out / runs.CONFIG).exists():
         raise ConfigError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
 
-    device = resolve_device(config.device)
+    # fp32 on every device: the anomaly map is a fine difference between input and
+    # reconstruction, which bf16's 8-bit mantissa would bury (accel.py for the GPU settings)
+    acc = accel.resolve(config.device, "fp32")
+    device = acc.device
     parts = read_parts(config)
     train, held_out, ignored = split_training(parts, config)
     name = config.method.upper()
@@ -313,7 +316,7 @@ def fit(
 
     recon = method_cls(config, device)
     torch.manual_seed(config.seed)
-    unet = build_unet(config, recon).to(device)
+    unet = acc.prepare(build_unet(config, recon))
     optimizer = torch.optim.Adam(unet.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     if not resume:
         out.mkdir(parents=True, exist_ok=True)
@@ -343,7 +346,7 @@ def fit(
         unet.train()
         for start in range(0, n, config.batch_size):
             idx = order[start : start + config.batch_size]
-            x = torch.from_numpy(images[idx]).to(device)
+            x = acc.tensor(images[idx])
             rec = recon.train_reconstruction(unet, x, idx, rng)
             losses = {"loss_l2": F.mse_loss(rec, x), "loss_msgms": msgms_loss(rec, x), "loss_ssim": ssim_loss(rec, x)}
             loss = losses["loss_l2"] + losses["loss_msgms"] + losses["loss_ssim"]

@@ -30,11 +30,14 @@ class Series:
     dashed: bool = False
 
 
-def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """Round tick values (1, 2, 2.5 or 5 times a power of ten) covering [lo, hi]."""
+def nice_ticks(lo: float, hi: float, count: int = 5, integer: bool = False) -> list[float]:
+    """Round tick values (1, 2, 2.5 or 5 times a power of ten) covering [lo, hi]; whole
+    numbers only for counts and epochs."""
     span = hi - lo
     magnitude = 10 ** math.floor(math.log10(span / count))
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if span / (m * magnitude) <= count)
+    if integer:
+        step = math.ceil(step)
     first = math.ceil(lo / step - 1e-9) * step
     return [round(first + i * step, 12) for i in range(int((hi - first) / step + 1e-9) + 1)]
 
@@ -61,10 +64,11 @@ def padded_range(values: np.ndarray, pad: float = 0.05) -> tuple[float, float]:
 class _Plot:
     """Data-to-pixel mapping and the frame (grid, ticks, axis labels, title, legend)."""
 
-    def __init__(self, xlim: tuple[float, float], ylim: tuple[float, float], legend: list[tuple[str, str, bool]]):
+    def __init__(self, xlim, ylim, legend: list[tuple[str, str, bool]], integer_x: bool = False, integer_y: bool = False):
         self.xlim, self.ylim = xlim, ylim
+        self.integer_x, self.integer_y = integer_x, integer_y
         self.legend_rows = self._layout_legend(legend)
-        self.height = HEIGHT + LEGEND_ROW * len(self.legend_rows)
+        self.height = HEIGHT + LEGEND_ROW * len(self.legend_rows) + 4
         self.x0, self.x1 = LEFT, WIDTH - RIGHT
         self.y0, self.y1 = TOP, HEIGHT - BOTTOM  # top and bottom of the plot area
 
@@ -91,11 +95,11 @@ class _Plot:
 
     def frame(self, title: str, xlabel: str, ylabel: str) -> list[str]:
         out = [f'<rect class="plot-area" x="{self.x0}" y="{self.y0}" width="{self.x1 - self.x0}" height="{self.y1 - self.y0}"/>']
-        for t in nice_ticks(*self.xlim):
+        for t in nice_ticks(*self.xlim, integer=self.integer_x):
             x = self.sx(t)
             out.append(f'<line class="grid" x1="{x:.1f}" y1="{self.y0}" x2="{x:.1f}" y2="{self.y1}"/>')
             out.append(f'<text class="tick" x="{x:.1f}" y="{self.y1 + 14}" text-anchor="middle">{_label(t)}</text>')
-        for t in nice_ticks(*self.ylim):
+        for t in nice_ticks(*self.ylim, integer=self.integer_y):
             y = self.sy(t)
             out.append(f'<line class="grid" x1="{self.x0}" y1="{y:.1f}" x2="{self.x1}" y2="{y:.1f}"/>')
             out.append(f'<text class="tick" x="{self.x0 - 5}" y="{y + 3.5:.1f}" text-anchor="end">{_label(t)}</text>')
@@ -104,7 +108,7 @@ class _Plot:
         out.append(f'<text class="axis-label" x="{mid_x}" y="{self.y1 + 34}" text-anchor="middle">{escape(xlabel)}</text>')
         out.append(f'<text class="axis-label" transform="translate(14 {mid_y}) rotate(-90)" text-anchor="middle">{escape(ylabel)}</text>')
         for row, entries in enumerate(self.legend_rows):
-            y = HEIGHT - 4 + row * LEGEND_ROW
+            y = HEIGHT + 10 + row * LEGEND_ROW
             for x, label, colour, dashed in entries:
                 dash = ' stroke-dasharray="5 3"' if dashed else ""
                 out.append(f'<line x1="{x:.1f}" y1="{y - 4}" x2="{x + 20:.1f}" y2="{y - 4}" stroke="{colour}" stroke-width="3"{dash}/>')
@@ -141,13 +145,14 @@ def line_chart(
     xlim: tuple[float, float] | None = None,
     ylim: tuple[float, float] | None = None,
     diagonal: bool = False,
+    integer_x: bool = False,
 ) -> str:
     """Lines over a shared x axis; limits default to the data's range."""
     xs = [np.asarray(s.x, dtype=np.float64) for s in series]
     ys = [np.asarray(s.y, dtype=np.float64) for s in series]
     xlim = xlim or padded_range(np.concatenate(xs + [np.zeros(0)]), pad=0.02)
     ylim = ylim or padded_range(np.concatenate(ys + [np.zeros(0)]))
-    plot = _Plot(xlim, ylim, [(s.label, s.colour, s.dashed) for s in series])
+    plot = _Plot(xlim, ylim, [(s.label, s.colour, s.dashed) for s in series], integer_x=integer_x)
     body = plot.frame(title, xlabel, ylabel)
     if diagonal:
         body.append(f'<line class="chance" x1="{plot.sx(0):.1f}" y1="{plot.sy(0):.1f}" x2="{plot.sx(1):.1f}" y2="{plot.sy(1):.1f}"/>')
@@ -171,7 +176,7 @@ def histogram(
     threshold_label: str = "threshold",
     bins: int | None = None,
 ) -> str:
-    """Overlaid histograms on shared bins that also span the threshold, drawn as a dashed line."""
+    """Histograms on shared bins (which also span the threshold, drawn as a dashed line)."""
     values = np.concatenate([np.asarray(v, dtype=np.float64) for _, v, _ in groups] + [np.zeros(0)])
     span = np.append(values, threshold) if threshold is not None else values
     bins = bins or int(np.clip(2 * math.sqrt(max(values.size, 1)), 8, 40))
@@ -182,13 +187,14 @@ def histogram(
     legend = [(f"{label} ({len(v)})", colour, False) for label, v, colour in groups]
     if threshold is not None:
         legend.append((threshold_label, THRESHOLD, True))
-    plot = _Plot((lo, hi), (0, top * 1.08), legend)
+    plot = _Plot((lo, hi), (0, top * 1.08), legend, integer_y=True)
     body = plot.frame(title, xlabel, "images")
-    for (_, _, colour), count in zip(groups, counts):
-        for left, right, n in zip(edges[:-1], edges[1:], count):
+    share = (plot.sx(edges[1]) - plot.sx(edges[0])) / max(len(groups), 1)
+    for g, ((_, _, colour), count) in enumerate(zip(groups, counts)):  # groups side by side in each bin: no mixed colours
+        for left, n in zip(edges[:-1], count):
             if n:
-                x, y = plot.sx(left), plot.sy(n)
-                body.append(f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{plot.sx(right) - x:.1f}" height="{plot.y1 - y:.1f}" fill="{colour}"/>')
+                x, y = plot.sx(left) + g * share, plot.sy(n)
+                body.append(f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{share:.1f}" height="{plot.y1 - y:.1f}" fill="{colour}"/>')
     if threshold is not None:
         x = plot.sx(threshold)
         body.append(f'<line class="threshold" x1="{x:.1f}" y1="{plot.y0}" x2="{x:.1f}" y2="{plot.y1}" stroke="{THRESHOLD}"/>')

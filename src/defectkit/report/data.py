@@ -132,6 +132,10 @@ def load_run(run_dir: Path, data_root: str | Path | None = None) -> RunData:
         train_log=runs.read_csv(log_path) if log_path.is_file() else [],
         data_root=str(data_root) if data_root is not None else config.data_root,
     )
+    if data.data_root is not None and not Path(data.data_root).exists():
+        # checked here: some readers create what is missing (the synthetic one generates its data)
+        data.data_error = f"{data.data_root}: data root not found"
+        return data
     try:
         data.parts, _ = read_test_split(config, data_root)
     except DefectkitError as exc:

@@ -44,10 +44,10 @@ svg.chart .title { font-size: 13px; font-weight: 600; fill: var(--ink); }
 svg.chart .axis-label { font-size: 12px; fill: var(--ink); }
 svg.chart .series { fill: none; stroke-width: 2; }
 svg.chart .chance { stroke: #a0aec0; stroke-dasharray: 3 3; }
-svg.chart .bar { opacity: 0.55; }
+svg.chart .bar { opacity: 0.8; }
 svg.chart .threshold { stroke-width: 2; stroke-dasharray: 5 3; }
 .gallery { display: flex; flex-wrap: wrap; gap: 14px; }
-.card { border: 1px solid var(--line); border-radius: 6px; padding: 8px; background: #fff; max-width: 100%; }
+.card { border: 1px solid var(--line); border-radius: 6px; padding: 8px; background: #fff; width: min-content; min-width: 240px; max-width: 100%; }
 .card .pictures { display: flex; gap: 6px; }
 .card img { height: 240px; width: auto; max-width: 100%; image-rendering: auto; display: block; background: var(--band); }
 .card .missing { height: 240px; width: 120px; display: flex; align-items: center; justify-content: center; background: var(--band); color: var(--muted); font-size: 12px; text-align: center; }
@@ -86,7 +86,9 @@ def fmt(value: Any) -> str:
 
 
 def anchor(*parts: str) -> str:
-    return "-".join(re.sub(r"[^A-Za-z0-9_-]+", "-", p).strip("-") or "x" for p in parts)
+    """An element id from names (a fold's folder name, a section): letters, digits, - and _."""
+    cleaned = (re.sub(r"[^A-Za-z0-9_-]+", "-", p).strip("-") for p in parts)
+    return "-".join(p for p in cleaned if p) or "top"
 
 
 def heading(level: int, text: str, id: str | None = None) -> str:
@@ -102,10 +104,13 @@ def hint(text: str) -> str:
     return f'<p class="hint">{esc(text)}</p>'
 
 
+NUMERIC = ' class="num"'
+
+
 def table(header: Iterable[str], rows: Iterable[str], numeric: Iterable[int] = (), cls: str = "") -> str:
     """``rows`` are ready ``<tr>`` strings (cells need attributes); the header is escaped here."""
     numeric = set(numeric)
-    head = "".join(f'<th{' class="num"' if i in numeric else ""} scope="col">{esc(h)}</th>' for i, h in enumerate(header))
+    head = "".join(f'<th{NUMERIC if i in numeric else ""} scope="col">{esc(h)}</th>' for i, h in enumerate(header))
     klass = f' class="{esc(cls)}"' if cls else ""
     return f"<table{klass}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 

@@ -79,9 +79,10 @@ def raw_axis(d: RunData) -> str:
 
 def settings_table(d: RunData) -> str:
     train = d.config.to_dict()
-    model = d.saved.get("model", {}).get("name", "") if isinstance(d.saved.get("model"), dict) else ""
-    rows = [row([text(d.method.name)], "method"), row([text(model)], "model")]
-    rows += [row([text(train.get(key))], label) for key, label in SETTINGS]
+    model = d.saved.get("model")
+    rows = [row([text(d.method.name)], "method"), row([text(model.get("name") if isinstance(model, dict) else None)], "model")]
+    # settings as given (learning rate 1, not 1.0000)
+    rows += [row([text(f"{v:g}" if isinstance(v := train.get(key), float) else v)], label) for key, label in SETTINGS]
     return table(["setting", "value"], rows)
 
 
@@ -123,7 +124,8 @@ def metrics_section(d: RunData) -> str:
     with_logits = any(f"{k}_logit" in d.metrics for k in keys)
     rows = []
     for key in keys:
-        cells = [f'<td class="value num">{fmt(d.metrics[key])}</td>']
+        value = d.metrics[key]
+        cells = [f'<td class="value{" num" if isinstance(value, (int, float)) else ""}">{fmt(value)}</td>']
         if with_logits:
             logit = d.metrics.get(f"{key}_logit")
             cells.append(f'<td class="logit num">{fmt(logit) if logit is not None else ""}</td>')
@@ -170,16 +172,16 @@ def curves_section(d: RunData) -> str:
 
 def decisions_section(d: RunData) -> str:
     c = d.confusion()
-    rows = [
-        row([f'<td class="hit" data-key="tp">{c["tp"]}</td>', f'<td class="miss" data-key="fn">{c["fn"]}</td>'], "defective"),
-        row([f'<td class="miss" data-key="fp">{c["fp"]}</td>', f'<td class="hit" data-key="tn">{c["tn"]}</td>'], "good"),
-    ]
+    def count(key: str, kind: str) -> str:
+        return f'<td class="{kind} num" data-count="{key}">{fmt(c[key])}</td>'
+
+    rows = [row([count("tp", "hit"), count("fn", "miss")], "defective"), row([count("fp", "miss"), count("tn", "hit")], "good")]
     summary = table(["", ""], [
-        row([num(c["precision"], "precision")], "precision TP / (TP + FP)"),
-        row([num(c["recall"], "recall")], "recall TP / (TP + FN)"),
+        row([count("precision", "")], "precision TP / (TP + FP)"),
+        row([count("recall", "")], "recall TP / (TP + FN)"),
     ])
     source = d.metrics.get("threshold_source")
-    return hint(f"At the decision threshold the run uses in production: {threshold_text(d)}" + (f" ({source})." if source else ".")) + side_by_side(
+    return hint(f"At the decision threshold the run uses in production, {threshold_text(d)}" + (f"; set from {source}." if source else ".")) + side_by_side(
         table(["actual \\ predicted", "defective", "good"], rows, cls="confusion"), summary
     )
 
@@ -200,8 +202,10 @@ def card_html(d: RunData, card: Card) -> str:
 
 
 def gallery_section(d: RunData, cards: dict[str, list[Card]], notes: list[str], level: int, prefix: str) -> str:
-    scale = "the colour scale tops at the run's heatmap scale" if d.raw_is_logit else "a pixel at the image threshold is mid-scale"
-    parts = [hint(f"Left: the image, the ground-truth mask outlined in magenta; right: the heatmap overlay (jet colours, {scale}). Threshold {threshold_text(d)}.")]
+    if not cards:
+        return hint("No gallery (gallery_size 0).")
+    scale = "defect probability from 0 in blue to 1 in red" if d.raw_is_logit else "blue to red; a pixel at the image threshold is mid-scale"
+    parts = [hint(f"Left: the image, the ground-truth mask outlined in magenta; right: the heatmap overlay ({scale}). Threshold {threshold_text(d)}.")]
     parts += [note(n) for n in notes]
     for kind in KINDS:
         group = cards.get(kind.key, [])
@@ -235,13 +239,13 @@ def training_section(d: RunData) -> str:
     losses = [k for k in rows[0] if k.startswith("loss")]
     markers = len(rows) <= 40
     series = [charts.Series(k, epochs, column(rows, k), charts.LINE_COLOURS[i % len(charts.LINE_COLOURS)], markers=markers) for i, k in enumerate(losses)]
-    blocks = [figure(charts.line_chart(series, "Training losses", "epoch", "loss"))]
+    blocks = [figure(charts.line_chart(series, "Training losses", "epoch", "loss", integer_x=True))]
     val_ap = column(rows, "val_ap") if "val_ap" in rows[0] else np.array([])
     if np.isfinite(val_ap).any():
         seen = np.isfinite(val_ap)
         blocks.append(figure(charts.line_chart(
             [charts.Series("validation AP", epochs[seen], val_ap[seen], charts.ACCENT, markers=True)],
-            "Validation AP", "epoch", "AP", ylim=(0, 1.02),
+            "Validation AP", "epoch", "AP", ylim=(0, 1.02), integer_x=True,
         )))
     seconds = column(rows, "seconds")
     total = float(np.nansum(seconds)) if np.isfinite(seconds).any() else math.nan
