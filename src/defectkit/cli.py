@@ -461,6 +461,26 @@ def report_command(
     console.print(f"report: {path} (open it in a browser; it needs no network)", markup=False)
 
 
+@app.command("serve")
+def serve_command(
+    model: Path = typer.Argument(..., help="A trained run folder (PyTorch), or a model.onnx from defectkit export (onnxruntime)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface; the service has no authentication)."),
+    port: int = typer.Option(8000, "--port"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (run folders only)."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest request body accepted (413 beyond)."),
+    max_pixels: int = typer.Option(40_000_000, "--max-pixels", help="Largest image accepted, in pixels, read from its header before decoding (413 beyond)."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Images scored together when requests arrive at once."),
+    batch_wait_ms: float = typer.Option(5.0, "--batch-wait-ms", help="How long a batch waits for more images."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Compute threads of the model (default: one per core)."),
+):
+    """HTTP inference service: POST /predict, GET /health, GET /model, API docs at /docs, a web page at /."""
+    from .serve import serve
+
+    _console(stderr=True).print(f"serving {model} on http://{host}:{port}/ (docs: /docs; Ctrl-C stops)", markup=False)
+    serve(model, host=host, port=port, device=device, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
+          max_batch=max_batch, batch_wait_ms=batch_wait_ms, threads=threads)
+
+
 @app.command("threshold")
 def threshold_command(
     run_dir: Path = typer.Argument(..., help="A trained (and, for --split test, evaluated) run folder."),

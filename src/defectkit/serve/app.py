@@ -27,8 +27,8 @@ server's thread pool, and the event loop never waits on either.
 FastAPI and uvicorn are imported inside these functions, so ``import defectkit`` stays fast.
 """
 
-from __future__ import annotations
-
+# no "from __future__ import annotations" here: FastAPI reads the endpoints' annotations, which
+# name classes imported inside create_app
 import time
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ def _page() -> str:
 
 
 def create_app(model_path: str | Path, device: str = "cpu", max_upload_mb: float = 20.0, max_pixels: int = 40_000_000,
-               max_batch: int = 8, batch_wait_ms: float = 5.0):
+               max_batch: int = 8, batch_wait_ms: float = 5.0, threads: int | None = None):
     """A FastAPI app scoring images with a run folder (PyTorch) or an exported ``.onnx`` model."""
     from contextlib import asynccontextmanager
     from typing import Literal
@@ -75,7 +75,7 @@ def create_app(model_path: str | Path, device: str = "cpu", max_upload_mb: float
     max_upload = int(max_upload_mb * 1024 * 1024)
     max_pixels = int(max_pixels)
 
-    model = ServedModel(model_path, device=device)
+    model = ServedModel(model_path, device=device, threads=threads)
     batcher = Batcher(model.predict_batch, model.executor, max_batch=max_batch, wait_s=batch_wait_ms / 1000)
     page = _page()
     started = time.time()
@@ -195,7 +195,7 @@ def create_app(model_path: str | Path, device: str = "cpu", max_upload_mb: float
     @app.post(
         "/predict",
         response_model=PredictResponse,
-        response_model_exclude_none=False,
+        response_model_exclude_unset=True,  # heatmap_png only when asked for
         summary="Score one or more images",
         description="Multipart upload: one or more image files in field `files` (or `file`). One result per image, in upload order. "
         "`heatmap=overlay` adds the heatmap drawn over the image, `map` the heatmap alone as 8-bit gray (255 = the top of the scale), both as base64 PNG.",
@@ -225,9 +225,10 @@ def create_app(model_path: str | Path, device: str = "cpu", max_upload_mb: float
 
 
 def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", max_upload_mb: float = 20.0,
-          max_pixels: int = 40_000_000, max_batch: int = 8, batch_wait_ms: float = 5.0, log_level: str = "info") -> None:
+          max_pixels: int = 40_000_000, max_batch: int = 8, batch_wait_ms: float = 5.0, threads: int | None = None,
+          log_level: str = "info") -> None:
     """Run the service with uvicorn until interrupted (loopback only unless ``host`` says otherwise)."""
     import uvicorn
 
-    app = create_app(model_path, device=device, max_upload_mb=max_upload_mb, max_pixels=max_pixels, max_batch=max_batch, batch_wait_ms=batch_wait_ms)
+    app = create_app(model_path, device=device, max_upload_mb=max_upload_mb, max_pixels=max_pixels, max_batch=max_batch, batch_wait_ms=batch_wait_ms, threads=threads)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

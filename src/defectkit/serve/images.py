@@ -40,7 +40,7 @@ def check_content_type(name: str, content_type: str | None) -> None:
 
 def header_size(name: str, data: bytes, max_pixels: int) -> tuple[int, int]:
     """(width, height) from the header; 4xx for an empty file, a non-image or one over ``max_pixels``."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise BadInput(422, f"{name}: the file is empty")
@@ -49,8 +49,10 @@ def header_size(name: str, data: bytes, max_pixels: int) -> tuple[int, int]:
             width, height = im.size
     except Image.DecompressionBombError:  # PIL's own limit (Image.MAX_IMAGE_PIXELS), met before ours when set lower
         raise BadInput(413, f"{name}: image has too many pixels (PIL refuses it as a decompression bomb); the limit is {max_pixels:,} pixels") from None
-    except Exception as exc:  # PIL raises several kinds for headers it cannot read
-        raise BadInput(415, f"{name}: not an image, or a format this service cannot read ({type(exc).__name__}: {exc})") from None
+    except UnidentifiedImageError:
+        raise BadInput(415, f"{name}: not an image (no image format this service reads: PNG, JPEG, BMP, TIFF, WebP, ...)") from None
+    except Exception as exc:  # PIL raises several kinds for headers it cannot parse
+        raise BadInput(415, f"{name}: not a readable image (its header is damaged: {exc})") from None
     if width < 1 or height < 1:
         raise BadInput(422, f"{name}: image has no pixels ({width}x{height})")
     if width * height > max_pixels:

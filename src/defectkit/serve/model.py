@@ -38,9 +38,7 @@ def finite(value: Any) -> Any:
 
 
 class ServedModel:
-    def __init__(self, model_path: str | Path, device: str = "cpu"):
-        import defectkit
-
+    def __init__(self, model_path: str | Path, device: str = "cpu", threads: int | None = None):
         self.path = Path(model_path)
         self.backend = "onnx" if self.path.suffix == ".onnx" else "torch"
         if self.backend == "onnx" and device != "cpu":
@@ -49,7 +47,9 @@ class ServedModel:
             raise DataError(f"{self.path}: no such run folder or .onnx model")
         self.device = device
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="defectkit-model")
-        self.predictor = self.executor.submit(defectkit.load, self.path, device=device).result()
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {threads}")
+        self.predictor = self.executor.submit(self._load, threads).result()
         p = self.predictor
         self.channels, self.method, self.heatmap_scale = p.channels, p.method, p.heatmap_scale
         self.threshold, self.threshold_raw = p.threshold, p.threshold_raw
@@ -60,6 +60,21 @@ class ServedModel:
             self.weights = self.path / runs.MODEL
             self.model_id = file_sha256(self.weights)[:16]
         self.info = finite(self._describe())
+
+    def _load(self, threads: int | None):
+        """The predictor, with ``threads`` compute threads (default: the library's own: one per core).
+        Fewer than the cores leaves some to decoding uploads and answering requests."""
+        if self.backend == "onnx":
+            from ..infer.onnx_predictor import OnnxPredictor
+
+            return OnnxPredictor(self.path, threads=threads)
+        import defectkit
+
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        return defectkit.load(self.path, device=self.device)
 
     def predict_batch(self, images: list) -> list:
         """Run in ``executor`` only (the batcher does)."""
@@ -83,13 +98,13 @@ class ServedModel:
                         export={k: meta.get(k) for k in ("defectkit", "format_version", "opset", "run", "weights", "export_seconds", "max_score_difference_to_torch", "model_sha256")})
             return info
         width, height = p.pre.input_size
-        metrics_path, threshold_path = self.path / runs.METRICS, self.path / runs.THRESHOLD
+        metrics_path = self.path / runs.METRICS
         metrics = runs.read_json(metrics_path) if metrics_path.is_file() else None
-        stored = runs.read_json(threshold_path) if threshold_path.is_file() else None
+        stored = runs.stored_threshold(self.path)  # threshold.json wins over metrics.json, as for every predictor
         if isinstance(stored, dict) and stored.get("source"):
-            threshold["source"] = stored["source"]
+            threshold.update(source=stored["source"], policy=stored.get("policy"), file=runs.THRESHOLD)
         elif isinstance(metrics, dict) and metrics.get("threshold_source"):
-            threshold["source"] = metrics["threshold_source"]
+            threshold.update(source=metrics["threshold_source"], file=runs.METRICS)
         else:
             threshold["source"] = "default: probability 0.5 (the run has not been evaluated)"
         info.update(preset=getattr(p.config, "preset", None), input_size={"width": width, "height": height}, threshold=threshold, metrics=metrics)
