@@ -517,7 +517,7 @@ def demo(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the demo's epochs."),
     size: int = typer.Option(128, "--size", help="Image side of the synthetic data and the network input."),
 ):
-    """The main job on a fresh machine: synthetic data -> train a small network on CPU -> evaluate."""
+    """The main job on a fresh machine: synthetic data -> train a small network on CPU -> evaluate -> HTML report."""
     import shutil
 
     from .data.readers.synthetic import default_root
@@ -534,6 +534,10 @@ def demo(
     _console().print(f"training the '{config.preset}' network on {data_root} for {config.epochs} epochs (CPU)")
     _train_with_progress(config, out, False)
     _print_metrics(evaluate_run(out), out)
+    from .report import write_report
+
+    report = write_report(out, log=lambda m: None)
+    _console().print(f"report: {report} (open it in a browser); next: defectkit serve {out}", markup=False)
 
 
 @attention_app.command("pretrain")

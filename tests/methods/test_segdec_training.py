@@ -218,6 +218,7 @@ def test_demo_at_a_tiny_size(tmp_path, monkeypatch, run_cli):
     assert code == 0, err
     assert "test metrics (100 images, 50 defective)" in out
     assert (tmp_path / "demo" / "metrics.json").is_file()
+    assert (tmp_path / "demo" / "report.html").is_file() and "report.html" in out
 
 
 def test_cli_train_from_a_yaml_file_and_resume(tiny_data, tmp_path, run_cli):
