@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 
 from .errors import DataError
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (archives and models can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _read_umask() -> int:

@@ -7,7 +7,6 @@ others ``how_to_get`` says what to do. ``--archive`` uses an archive already on 
 
 from __future__ import annotations
 
-import hashlib
 import tarfile
 import urllib.request
 import zipfile
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import DataError
+from ..files import sha256
 from .datasets import DatasetSpec, get_dataset
 
 Progress = Callable[[int, int | None], None]  # (bytes so far, total or None)
@@ -36,14 +36,6 @@ def _fetch(url: str, target: Path, on_progress: Progress | None) -> Path:
         raise DataError(f"{url}: download failed ({getattr(exc, 'reason', exc)})") from None
     partial.replace(target)
     return target
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _verify(spec: DatasetSpec, archive: Path) -> None:

@@ -127,7 +127,7 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, devic
     scores = scorer.to_score(raw)
     runs.write_csv(
         run_dir / runs.PREDICTIONS,
-        ["image", "name", "label", "score", "logit", "decision"],
+        list(PREDICTION_COLUMNS),
         (
             [str(s.image_path), s.name, int(s.is_defective), repr(float(p)), repr(float(z)) if scorer.raw_is_logit else "", int(z >= decision)]
             for s, p, z in zip(test, scores, raw)
@@ -136,6 +136,28 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, devic
     if len(set(labels.tolist())) == 2:
         plot_curves(labels, raw, run_dir, f"{config.dataset} test")
     return result
+
+
+PREDICTION_COLUMNS = ("image", "name", "label", "score", "logit", "decision")
+
+
+def read_predictions(run_dir: Path) -> tuple[list[dict], np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, labels, scores, raw scores) of the run's predictions.csv; raw is the logit where
+    the method has one (probabilities can round to 1.0 and tie), else the score."""
+    path = Path(run_dir) / runs.PREDICTIONS
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run `defectkit eval {run_dir}` first")
+    rows = runs.read_csv(path)
+    missing = [c for c in PREDICTION_COLUMNS if rows and c not in rows[0]]
+    if missing or not rows:
+        raise DataError(f"{path}: {'no predictions' if not rows else 'missing column(s) ' + ', '.join(missing)}; run `defectkit eval {run_dir}` again")
+    try:
+        labels = np.array([int(r["label"]) for r in rows], dtype=bool)
+        scores = np.array([float(r["score"]) for r in rows])
+        raw = np.array([float(r["logit"]) if r["logit"] else s for r, s in zip(rows, scores)])
+    except ValueError as exc:
+        raise DataError(f"{path}: not a predictions file ({exc}); run `defectkit eval {run_dir}` again") from None
+    return rows, labels, scores, raw
 
 
 THRESHOLD_SPLITS = ("auto", "validation", "test")
@@ -163,15 +185,7 @@ def policy_scores(run_dir: Path, policy: str, split: str = "auto", data_root=Non
         if split == "validation":
             raise DataError(f"{run_dir}: {what} for policy {policy}; use --split test")
         log(f"warning: {what}; choosing the threshold on the test split, so the test metrics in metrics.json become optimistic")
-    path = Path(run_dir) / runs.PREDICTIONS
-    if not path.is_file():
-        raise DataError(f"{path}: missing; run `defectkit eval {run_dir}` first (the test split's scores are read from it)")
-    rows = runs.read_csv(path)
-    try:
-        labels = np.array([int(r["label"]) for r in rows], dtype=bool)
-        raw = np.array([float(r["logit"] if r.get("logit") else r["score"]) for r in rows])  # segdec ranks by the logit
-    except (KeyError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable ({exc}); run `defectkit eval {run_dir}` again") from None
+    _, labels, _, raw = read_predictions(run_dir)  # the test split's scores
     return "test", labels, raw
 
 
@@ -201,12 +215,9 @@ def set_threshold(run_dir: str | Path, policy: str, split: str = "auto", data_ro
         stored = runs.read_json(metrics_path)
         stored.update(decision_threshold=score, threshold_source=result["source"], **({"decision_threshold_logit": value} if is_logit else {}))
         runs.write_json(metrics_path, stored)
-    predictions = run_dir / runs.PREDICTIONS
-    if predictions.is_file():
-        rows = runs.read_csv(predictions)
-        if rows:
-            for row in rows:
-                row["decision"] = int(float(row["logit"] if row.get("logit") else row["score"]) >= value)
-            fields = list(rows[0])
-            runs.write_csv(predictions, fields, ([row[k] for k in fields] for row in rows))
+    if (run_dir / runs.PREDICTIONS).is_file():
+        rows, _, _, raw = read_predictions(run_dir)
+        for row, z in zip(rows, raw):
+            row["decision"] = int(z >= value)
+        runs.write_csv(run_dir / runs.PREDICTIONS, list(PREDICTION_COLUMNS), ([row[k] for k in PREDICTION_COLUMNS] for row in rows))
     return result

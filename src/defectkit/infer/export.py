@@ -19,7 +19,6 @@ when exporting. :class:`defectkit.infer.onnx_predictor.OnnxPredictor` reads both
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from .. import __version__, runs
 from ..errors import ConfigError, DataError
+from ..files import sha256
 from .predictor import Predictor
 
 SIDECAR_SUFFIX = ".json"
@@ -126,7 +126,7 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, weights: str
     sidecar = {
         "format": "defectkit-onnx", "format_version": FORMAT_VERSION, "defectkit": __version__,
         "method": scorer.method, "run": str(run_dir.resolve()), "weights": weights,
-        "model_sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+        "model_sha256": sha256(out),
         "input": {"name": "image", "dtype": "uint8", "layout": "NCHW", "channels": channels,
                   "colour": "gray" if channels == 1 else "RGB", "size_any": True, "network_size": [width, height]},
         "outputs": {"score": "N: " + ("defect probability" if scorer.raw_is_logit else "anomaly score (max of the smoothed map)"),

@@ -8,7 +8,6 @@ graph shares one size.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..files import sha256
 from .export import FORMAT_VERSION, sidecar_path
 from .predictor import Prediction, to_array
 
@@ -38,7 +38,7 @@ class OnnxPredictor:
             raise DataError(f"{meta_path}: not valid JSON ({exc})") from None
         if self.meta.get("format") != "defectkit-onnx" or self.meta.get("format_version", 0) > FORMAT_VERSION:
             raise DataError(f"{meta_path}: not a defectkit ONNX sidecar this version can read")
-        if self.meta.get("model_sha256") != hashlib.sha256(self.path.read_bytes()).hexdigest():
+        if self.meta.get("model_sha256") != sha256(self.path):
             raise DataError(f"{meta_path}: describes another model than {self.path.name} (sha256 differs); export again")
         options = ort.SessionOptions()
         if threads:

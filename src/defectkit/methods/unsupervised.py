@@ -386,7 +386,5 @@ def load_scorer(run_dir: str | Path, config_cls: type, method_cls: type[Reconstr
 
 
 def run_threshold(run_dir: Path) -> float:
-    stored = runs.stored_threshold(run_dir)
-    if stored is None:
-        raise DataError(f"{Path(run_dir) / THRESHOLD_FILE}: missing (the run has not finished training); finish it with defectkit train --resume")
-    return stored["value"]
+    """Reached only without threshold.json (the registry reads it first for every method)."""
+    raise DataError(f"{Path(run_dir) / THRESHOLD_FILE}: missing (the run has not finished training); finish it with defectkit train --resume")

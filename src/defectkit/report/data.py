@@ -12,9 +12,6 @@ import numpy as np
 from .. import runs
 from ..errors import DataError, DefectkitError
 
-PREDICTION_COLUMNS = ("image", "name", "label", "score", "logit", "decision")
-
-
 @dataclass
 class RunData:
     """One evaluated run. ``raw`` is what decisions compare with ``threshold_raw``: segdec's
@@ -84,36 +81,21 @@ def run_folders(folder: str | Path) -> tuple[list[Path], bool]:
     return folds, True
 
 
-def read_predictions(path: Path) -> list[dict]:
-    rows = runs.read_csv(path)
-    missing = [c for c in PREDICTION_COLUMNS if rows and c not in rows[0]]
-    if missing or not rows:
-        raise DataError(f"{path}: {'no predictions' if not rows else 'missing column(s) ' + ', '.join(missing)}; run `defectkit eval {path.parent}` again")
-    return rows
-
-
 def load_run(run_dir: Path, data_root: str | Path | None = None) -> RunData:
     """Everything but images; the dataset is only listed (for the summary, masks and moved files)."""
-    from ..evaluate.run_eval import read_test_split
-    from ..methods.registry import method_of_run
+    from ..evaluate.run_eval import read_predictions, read_test_split
+    from ..methods.registry import method_of_run, to_score
 
     run_dir = Path(run_dir)
     missing = [f for f in (runs.METRICS, runs.PREDICTIONS) if not (run_dir / f).is_file()]
     if missing:
         raise DataError(f"{run_dir}: the run has not been evaluated (no {', '.join(missing)}); run `defectkit eval {run_dir}` first")
     method = method_of_run(run_dir)
-    rows = read_predictions(run_dir / runs.PREDICTIONS)
-    try:
-        labels = np.array([int(r["label"]) for r in rows]).astype(bool)
-        scores = np.array([float(r["score"]) for r in rows])
-        raw_is_logit = all(r["logit"] != "" for r in rows)
-        raw = np.array([float(r["logit"]) for r in rows]) if raw_is_logit else scores
-    except ValueError as exc:
-        raise DataError(f"{run_dir / runs.PREDICTIONS}: not a predictions file ({exc})") from None
+    rows, labels, scores, raw = read_predictions(run_dir)
     metrics = runs.read_json(run_dir / runs.METRICS)
+    raw_is_logit = method.raw_is_logit
     threshold_raw = method.run_threshold(run_dir)
-    # evaluation wrote the probability of the same logit; the other methods' scores are raw
-    threshold = float(metrics.get("decision_threshold", threshold_raw)) if raw_is_logit else threshold_raw
+    threshold = float(to_score(threshold_raw, raw_is_logit))
     config = method.read_run_config(run_dir)
     log_path = run_dir / runs.TRAIN_LOG
     data = RunData(

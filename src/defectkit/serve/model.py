@@ -8,7 +8,6 @@ run's test metrics (a run folder) or the export's sidecar fields (an ONNX model)
 
 from __future__ import annotations
 
-import hashlib
 import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,14 +15,7 @@ from typing import Any
 
 from .. import runs
 from ..errors import ConfigError, DataError
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+from ..files import sha256
 
 
 def finite(value: Any) -> Any:
@@ -58,7 +50,7 @@ class ServedModel:
             self.model_id = p.meta["model_sha256"][:16]  # the predictor checked it against the file
         else:
             self.weights = self.path / runs.MODEL
-            self.model_id = file_sha256(self.weights)[:16]
+            self.model_id = sha256(self.weights)[:16]
         self.info = finite(self._describe())
 
     def _load(self, threads: int | None):
