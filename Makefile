@@ -20,7 +20,7 @@ demo: venv
 	$(BIN)/defectkit demo
 
 test: venv
-	$(BIN)/python -m pytest -n $(WORKERS) -q
+	$(BIN)/python -m pytest -n $(WORKERS) --dist worksteal -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache

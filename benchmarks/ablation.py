@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="any other TrainConfig field (YAML value)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="any other training config field (YAML value)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--results", default="benchmarks/results.jsonl")
     args = parser.parse_args()
@@ -48,7 +48,8 @@ def main() -> None:
 
     from defectkit.data.synthetic import generate
     from defectkit.evaluate.run_eval import evaluate_run
-    from defectkit.methods.segdec import fit, paper_config
+    from defectkit.methods.segdec import paper_config
+    from defectkit.methods.trainer import fit
 
     out = Path(args.out)
     extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
@@ -84,7 +85,7 @@ def main() -> None:
         rows.append({"variant": variant, "ap": ap.tolist(), "auroc": auroc.tolist(), "errors": errors.tolist(), "minutes": [round(m, 2) for m in minutes]})
 
     print()
-    print(f"| variant | AP mean | AP std | AUROC mean | FP+FN mean | runs |")
+    print("| variant | AP mean | AP std | AUROC mean | FP+FN mean | runs |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         ap = np.array(row["ap"])

@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="any other TrainConfig field (YAML value)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="any other training config field (YAML value)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--results", default="benchmarks/results.jsonl")
     args = parser.parse_args()
@@ -37,7 +37,8 @@ def main() -> None:
 
     from defectkit.evaluate.metrics import combine_folds
     from defectkit.evaluate.run_eval import evaluate_run
-    from defectkit.methods.segdec import fit, paper_config
+    from defectkit.methods.segdec import paper_config
+    from defectkit.methods.trainer import fit
     from defectkit.runs import read_csv
 
     width, height = (int(v) for v in args.input_size.split("x"))

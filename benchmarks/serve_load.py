@@ -45,12 +45,13 @@ def train_small_run(folder: Path) -> Path:
     from defectkit.data.synthetic import generate
     from defectkit.evaluate.run_eval import evaluate_run
     from defectkit.methods.registry import get_method
+    from defectkit.methods.trainer import fit
 
     data = generate(folder / "synthetic", n_train_good=16, n_train_defective=8, n_test_good=8, n_test_defective=8, size=(128, 128), seed=0)
     method = get_method("segdec")
     run = folder / "run"
-    config = method.config_cls(dataset="synthetic", data_root=str(data), preset="small", input_size=(128, 128), dilate=3, epochs=2, batch_size=4, validate_every=0)
-    method.fit(config, run, log=lambda m: print(m, file=sys.stderr))
+    config = method.Config(dataset="synthetic", data_root=str(data), preset="small", input_size=(128, 128), dilate=3, epochs=2, batch_size=4, validate_every=0)
+    fit(config, run, log=lambda m: print(m, file=sys.stderr))
     evaluate_run(run)
     return run
 
@@ -222,7 +223,7 @@ def main() -> None:
             temp.cleanup()
 
     print()
-    print(f"| backend | concurrency | requests | requests/s | p50 ms | p99 ms | errors | mean batch |")
+    print("| backend | concurrency | requests | requests/s | p50 ms | p99 ms | errors | mean batch |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['backend']} | {r['concurrency']} | {r['requests']} | {r['rps']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {r['mean_batch']:.2f} |")

@@ -35,19 +35,20 @@ VARIANTS = {"ear": ("ear", {}), "riad": ("riad", {}), **ABLATION}
 
 def train(variant: str, fold: int, args, extra: dict) -> Path:
     from defectkit.methods.registry import get_method
+    from defectkit.methods.trainer import fit, resume_config
 
     method_name, settings = VARIANTS[variant]
     method = get_method(method_name)
     width, height = (int(v) for v in args.input_size.split("x"))
     out = Path(args.out) / f"{variant}-fold{fold}"
     if (out / "checkpoint.safetensors").is_file():
-        method.fit(method.read_run_config(out), out, resume=True, log=lambda m: print(m, file=sys.stderr))
+        fit(resume_config(out), out, resume=True, log=lambda m: print(m, file=sys.stderr))
         return out
-    config = method.config_cls(
+    config = method.Config(
         dataset="ksdd", data_root=args.data_root, split=args.split, fold=fold, preset=args.preset, input_size=(width, height),
         epochs=args.epochs, device=args.device, **settings, **extra,
     )
-    method.fit(config, out, log=lambda m: print(m, file=sys.stderr))
+    fit(config, out, log=lambda m: print(m, file=sys.stderr))
     return out
 
 
@@ -68,12 +69,12 @@ def measure(run: Path, args, all_skips: bool = False) -> dict:
     from defectkit import runs
     from defectkit.evaluate import metrics as M
     from defectkit.evaluate.run_eval import evaluate_run, read_test_split, score_samples
-    from defectkit.methods.registry import load_scorer
+    from defectkit.methods.registry import load_method
 
-    scorer = load_scorer(run, device=args.device)
+    scorer = load_method(run, device=args.device)
     _, test = read_test_split(scorer.config)
     if all_skips:  # the same weights with every skip connection on at inference
-        scorer.unet.skips = True
+        scorer.model.skips = True
         labels, raw, pixels = score_samples(scorer, test)
         result = {**M.image_metrics(labels, raw), **pixels}
     else:

@@ -1,6 +1,6 @@
 """The ``defectkit`` command. Thin: it parses arguments and calls the library.
 
-Heavy modules (torch, cv2, numpy, matplotlib) are imported inside the commands so that
+Heavy modules (torch, cv2, numpy, pydantic) are imported inside the commands so that
 ``defectkit --help`` answers at once.
 """
 
@@ -133,22 +133,10 @@ def datasets_download(
     console.print(f"next: defectkit datasets inspect --dataset {dataset} --data-root {root}")
 
 
-def _parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
-    if text is None:
-        return None
-    from .errors import ConfigError
-
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"--input-size must look like WIDTHxHEIGHT (e.g. 256x704), got '{text}'") from None
-    return width, height
-
-
 def _train_with_progress(config, out: Path, resume: bool) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .methods.registry import get_method
+    from .methods.trainer import fit
 
     console = _console()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[losses]}"), console=console) as bar:
@@ -160,13 +148,13 @@ def _train_with_progress(config, out: Path, resume: bool) -> None:
             text = "  ".join(f"{k.removeprefix('loss_')} {v:.4f}" for k, v in losses.items())
             bar.update(tasks[epoch], completed=done, losses=text)
 
-        get_method(config.method).fit(config, out, resume=resume, on_step=on_step, log=lambda m: console.print(m, markup=False))
+        fit(config, out, resume=resume, on_step=on_step, log=lambda m: console.print(m, markup=False))
 
 
 def _print_metrics(metrics: dict, run_dir: Path) -> None:
     from rich.table import Table
 
-    logit = "threshold_logit" in metrics  # the supervised net: thresholds as probabilities with their logits
+    logit = "threshold_logit" in metrics  # a method with a logit: thresholds as probabilities with their logits
     table = Table(title=f"test metrics ({metrics['n_images']} images, {metrics['n_defective']} defective)")
     for column in ("AP", "AUROC", "F1", "threshold", "FP", "FN", "FP at FN=0"):
         table.add_column(column, justify="right")
@@ -184,150 +172,204 @@ def _print_metrics(metrics: dict, run_dir: Path) -> None:
         console.print(f"decision threshold {metrics['decision_threshold']:.4f} (logit {metrics['decision_threshold_logit']:.2f}) from {metrics['threshold_source']}")
     else:
         console.print(f"decision threshold {metrics['decision_threshold']:.5g} (anomaly score) from {metrics['threshold_source']}")
-    console.print(f"run folder: {run_dir} (metrics.json, predictions.csv, pr_curve.png, roc_curve.png, model.safetensors)")
+    console.print(f"run folder: {run_dir} (metrics.json, predictions.csv, pr_curve.svg, roc_curve.svg, model.safetensors)")
 
 
-def _parse_flags(text: Optional[str], option: str) -> Optional[list[bool]]:
-    if text is None:
-        return None
-    from .errors import ConfigError
+# ---- train: its options are the fields of the chosen method's config (methods/*.py) ----------
 
-    if not text or set(text) - {"0", "1"}:
-        raise ConfigError(f"{option} takes one 0/1 digit per skip connection, shallow to deep (e.g. 0011), got '{text}'")
-    return [c == "1" for c in text]
+TRAIN_HELP = """Train a method into a run folder (`defectkit methods` lists the methods).
+
+Options may also come from a YAML file (CONFIG_FILE, same names with underscores); options
+given here win over the file, which wins over named settings (--config). `defectkit train
+--method NAME --help` lists that method's options; --print-config prints the full effective
+config as YAML that `defectkit train FILE.yaml` takes back."""
 
 
-def _parse_ints(text: Optional[str], option: str) -> Optional[list[int]]:
-    if text is None:
-        return None
-    from .errors import ConfigError
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _metavar(info, extra: dict) -> str:
+    import typing
+
+    if extra.get("metavar"):
+        return extra["metavar"]
+    kinds = {int: "INTEGER", float: "NUMBER", str: "TEXT"}
+    for kind in typing.get_args(info.annotation) or (info.annotation,):
+        for base in typing.get_args(kind) or (kind,):
+            if base in kinds:
+                return kinds[base]
+    return "VALUE"
+
+
+def _field_options(method_cls) -> list:
+    """One click option per config field a command line may set; values reach the config as
+    given (strings), so the CLI and YAML share the config's coercion."""
+    import click
+
+    from .config import cli_fields
+
+    named = {k for settings in method_cls.named_settings.values() for k in settings}
+    params = []
+    for name, info, extra in cli_fields(method_cls.Config):
+        aliases = extra.get("cli")
+        aliases = [aliases] if isinstance(aliases, str) else list(aliases) if isinstance(aliases, (list, tuple)) else []
+        help_text = info.description
+        if name in named:
+            help_text += " [default: from the named settings, --config]"
+        elif info.default is not None:
+            shown = info.default
+            if isinstance(shown, tuple):
+                shown = ("x" if name == "input_size" else ",").join(str(int(v) if isinstance(v, bool) else v) for v in shown)
+            help_text += f" [default: {shown}]"
+        if info.annotation is bool:
+            params.append(click.Option([f"{_flag(name)}/--no-{name.replace('_', '-')}", *aliases], default=None, help=help_text))
+        else:
+            params.append(click.Option([_flag(name), *aliases], default=None, type=str, metavar=_metavar(info, extra), help=help_text))
+    return params
+
+
+def _train_params(method_cls) -> list:
+    import click
+
+    from .methods.registry import DEFAULT_METHOD
+
+    names = ", ".join(method_cls.named_settings)
+    named = f"Named settings of --method {method_cls.name}: {names}{method_cls.named_settings_default}." if names else f"--method {method_cls.name} has no named settings."
+    return [
+        click.Argument(["config_file"], required=False, type=click.Path(path_type=Path)),
+        click.Option(["--method", "-m"], default=None, help=f"The method (`defectkit methods` lists them); default {DEFAULT_METHOD}."),
+        click.Option(["--config", "-c", "named"], default=None, help=named),
+        click.Option(["--out", "-o"], default=None, type=click.Path(path_type=Path), help="Run folder to create (new or empty)."),
+        click.Option(["--resume"], default=None, type=click.Path(path_type=Path), help="Continue the run in this folder after its last finished epoch (options given must not change what it learnt; more --epochs may)."),
+        click.Option(["--eval/--no-eval", "evaluate"], default=True, help="Evaluate on the test split after training."),
+        click.Option(["--print-config"], is_flag=True, default=False, help="Print the full effective config as YAML and exit."),
+    ]
+
+
+def _method_for_args(args: list[str]) -> str:
+    """The method a train command line is about (for its options and --help), read before
+    parsing: --method, else a YAML file's or a resumed run's method, else the default."""
+    from .methods.registry import DEFAULT_METHOD, method_name_of_run
+
+    for i, arg in enumerate(args):
+        if arg in ("--method", "-m") and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--method="):
+            return arg.split("=", 1)[1]
+    for i, arg in enumerate(args):
+        try:
+            if arg == "--resume" and i + 1 < len(args) and (Path(args[i + 1]) / "config.yaml").is_file():
+                return method_name_of_run(args[i + 1])
+            if arg.endswith((".yaml", ".yml")) and Path(arg).is_file():
+                from .runs import read_yaml
+
+                loaded = read_yaml(Path(arg))
+                if isinstance(loaded, dict) and isinstance(loaded.get("method"), str):
+                    return loaded["method"]
+        except DefectkitError:
+            pass  # reported properly when the command runs
+    return DEFAULT_METHOD
+
+
+def _train_command():
+    import click
+
+    class TrainCommand(click.Command):
+        """``train`` with the options of the method its command line names."""
+
+        def parse_args(self, ctx, args):
+            from .methods.registry import get_method, method_names
+
+            name = _method_for_args(args)
+            try:
+                method_cls = get_method(name)
+            except DefectkitError:
+                method_cls = get_method(_method_for_args([]))  # an unknown --method is reported by the callback
+            self.params = _train_params(method_cls) + _field_options(method_cls)
+            try:
+                return super().parse_args(ctx, args)
+            except click.NoSuchOption as exc:
+                owners = [other for other in method_names() if other != method_cls.name
+                          and any(exc.option_name in p.opts or exc.option_name in p.secondary_opts for p in _field_options(get_method(other)))]
+                if owners:
+                    raise click.UsageError(f"{exc.option_name} does not apply to --method {method_cls.name} (it is an option of {', '.join(owners)})", ctx) from None
+                raise
+
+    return TrainCommand("train", callback=_train, help=TRAIN_HELP)
+
+
+@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
+def train(ctx: typer.Context):
+    """Train a method into a run folder (`defectkit train --help` lists its options)."""
+    import click
 
     try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise ConfigError(f"{option} takes comma-separated integers (e.g. 2,4,8,16), got '{text}'") from None
+        code = _train_command().main(args=list(ctx.args), prog_name="defectkit train", standalone_mode=False)
+    except click.exceptions.Abort:
+        raise KeyboardInterrupt from None
+    except click.ClickException as exc:
+        exc.show()
+        raise typer.Exit(exc.exit_code) from None
+    if isinstance(code, int) and code:
+        raise typer.Exit(code)
 
 
-_SEGDEC_ONLY = {
-    "delta": "--delta", "dilate": "--dilate", "weight_p": "--weight-p", "weight_max": "--weight-max",
-    "dynamic_balancing": "--dynamic-balancing", "gradient_adjustment": "--gradient-adjustment",
-    "weighted_segmentation": "--weighted-segmentation", "frequency_sampling": "--frequency-sampling",
-    "validate_every": "--validate-every",
-}
-_UNSUPERVISED_ONLY = {
-    "weight_decay": "--weight-decay", "mean_filter": "--mean-filter", "threshold_quantile": "--threshold-quantile", "holdout": "--holdout",
-    "attention_weights": "--attention-weights", "mask_rule": "--mask-rule", "mask_share": "--mask-share",
-    "mask_threshold": "--mask-threshold", "fill": "--fill", "inference_skips": "--inference-skips", "ks": "--ks",
-}
-_EAR_ONLY = ("attention_weights", "mask_rule", "mask_share", "mask_threshold", "fill", "inference_skips")
-
-
-def _method_config(name: str, values: dict, named: Optional[str]):
-    """A training config of method ``name`` from option values (CLI over YAML)."""
+def _train(config_file, method, named, out, resume, evaluate, print_config, **fields):
     from .errors import ConfigError
-    from .methods.registry import get_method
-
-    method = get_method(name)
-    wrong = {"segdec": _UNSUPERVISED_ONLY, "ear": {**_SEGDEC_ONLY, "ks": "--ks"}, "riad": {**_SEGDEC_ONLY, **{k: _UNSUPERVISED_ONLY[k] for k in _EAR_ONLY}}}[name]
-    given = [flag for key, flag in wrong.items() if values.get(key) is not None]
-    if given:
-        raise ConfigError(f"{', '.join(given)} do(es) not apply to --method {name}")
-    if name == "segdec":
-        from .methods.segdec import PAPER_SETTINGS, paper_config
-
-        if named is None:
-            named = values.get("dataset") if values.get("dataset") in PAPER_SETTINGS else "demo"
-        return paper_config(named, **values)
-    if named is not None:
-        raise ConfigError(f"--config names settings of the supervised network; --method {name} has none (set options directly)")
-    return method.config_cls.from_dict({k: v for k, v in values.items() if v is not None})
-
-
-@app.command()
-def train(
-    config_file: Optional[Path] = typer.Argument(None, help="A YAML file holding training options (same names as below, with underscores)."),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="segdec (supervised, default), ear or riad (unsupervised: trained on good images only)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="ksdd, ksdd2, dagm, severstal, folder or synthetic."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder holding the dataset."),
-    split: Optional[str] = typer.Option(None, "--split", help="Official split key, e.g. 33_33 (KSDD) or 246 (KSDD2)."),
-    fold: Optional[int] = typer.Option(None, "--fold", help="Fold (KSDD 0..2) or class (DAGM 1..10)."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="segdec: named settings ksdd, dagm, ksdd2, severstal (the papers') or demo. Default: the dataset's own, else demo."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Model preset: paper, small, tiny (segdec: the two-stage net; ear/riad: the U-Net)."),
-    input_size: Optional[str] = typer.Option(None, "--input-size", help="WIDTHxHEIGHT, both multiples of 8."),
-    channels: Optional[int] = typer.Option(None, "--channels", help="1 (gray) or 3 (RGB)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (segdec: SGD; ear/riad: Adam, default 1e-4)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu (default) or cuda."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="segdec: auto (default: bf16 autocast on a CUDA GPU that has it, fp32 on CPU), fp32 or bf16 (GPU only)."),
-    delta: Optional[float] = typer.Option(None, "--delta", help="segdec: weight of the classification loss."),
-    dilate: Optional[int] = typer.Option(None, "--dilate", help="segdec: mask dilation kernel size."),
-    weight_p: Optional[float] = typer.Option(None, "--weight-p", help="segdec: exponent p of the distance-transform weights."),
-    weight_max: Optional[float] = typer.Option(None, "--weight-max", help="segdec: MAX of the distance-transform weights."),
-    dynamic_balancing: Optional[bool] = typer.Option(None, "--dynamic-balancing/--no-dynamic-balancing"),
-    gradient_adjustment: Optional[bool] = typer.Option(None, "--gradient-adjustment/--no-gradient-adjustment"),
-    weighted_segmentation: Optional[bool] = typer.Option(None, "--weighted-segmentation/--no-weighted-segmentation"),
-    frequency_sampling: Optional[bool] = typer.Option(None, "--frequency-sampling/--no-frequency-sampling"),
-    validate_every: Optional[int] = typer.Option(None, "--validate-every", help="segdec: validate every N epochs when there is a validation split (0: never)."),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="ear/riad: Adam weight decay (default 1e-5)."),
-    mean_filter: Optional[int] = typer.Option(None, "--mean-filter", help="ear/riad: anomaly-map mean filter size (default: 21 at a 256-pixel shorter side, scaled)."),
-    threshold_quantile: Optional[float] = typer.Option(None, "--threshold-quantile", help="ear/riad: decision threshold = this quantile of good images' scores when no validation split has defects (default 0.99)."),
-    holdout: Optional[float] = typer.Option(None, "--holdout", help="ear/riad: share of good training images held out to set that threshold (default 0.1; 0: use the training images)."),
-    attention_weights: Optional[Path] = typer.Option(None, "--attention-weights", help="ear: attention weights (.safetensors with its .json); default: the shipped MNIST ones."),
-    mask_rule: Optional[str] = typer.Option(None, "--mask-rule", help="ear: 'share' (hide the top --mask-share of pixels by attention, default), 'threshold', or 'random' (same share, random places: an ablation)."),
-    mask_share: Optional[float] = typer.Option(None, "--mask-share", help="ear: share of pixels excised (default 0.1)."),
-    mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", help="ear: excise pixels whose normalised attention is at least this (with --mask-rule threshold)."),
-    fill: Optional[str] = typer.Option(None, "--fill", help="ear: what fills the excised pixels: zeros (default, paper v1) or mosaic (v2)."),
-    inference_skips: Optional[str] = typer.Option(None, "--inference-skips", help="ear: U-Net skips on at inference, one 0/1 per level shallow to deep (default 0011)."),
-    ks: Optional[str] = typer.Option(None, "--ks", help="riad: cell sizes k, comma-separated (default 2,4,8,16)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder to create."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder after its last finished epoch."),
-    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate on the test split after training."),
-):
-    """Train a method: the supervised two-stage network (default), or EAR / RIAD on good images only."""
-    from .errors import ConfigError
-    from .evaluate.run_eval import evaluate_run
+    from .methods.registry import DEFAULT_METHOD, get_method, make_config
+    from .methods.trainer import resume_config
     from .runs import read_yaml
 
+    given = {k: v for k, v in fields.items() if v is not None}
+    source = {k: _flag(k) for k in given}
+    values: dict = {}
+    if config_file is not None:
+        loaded = read_yaml(config_file)
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{config_file}: expected a mapping of training options")
+        values = dict(loaded)
+        source = {**{k: str(config_file) for k in values}, **source}
+    values.update(given)
+    name = method or values.get("method") or DEFAULT_METHOD
+    values.pop("method", None)
+    named = named or values.pop("config", None)
+    values.pop("config", None)
     if resume is not None:
-        from .methods.registry import method_of_run
-        from .runs import require_run
-
-        train_config = method_of_run(require_run(resume)).read_run_config(resume)
-        _train_with_progress(train_config, resume, True)
-        run_dir = resume
+        if named is not None:
+            raise ConfigError("--config applies to new runs; a resumed run keeps its settings")
+        train_config = resume_config(resume, {**values, "method": name} if method else values, source)
     else:
-        if out is None:
-            raise ConfigError("--out RUN_DIR is required (or --resume RUN_DIR)")
-        values = {}
-        if config_file is not None:
-            loaded = read_yaml(config_file)
-            if not isinstance(loaded, dict):
-                raise ConfigError(f"{config_file}: expected a mapping of training options")
-            values.update(loaded)
-        cli_values = dict(
-            dataset=dataset, data_root=str(data_root) if data_root else None, split=split, fold=fold, preset=preset,
-            input_size=_parse_size(input_size), channels=channels, epochs=epochs, learning_rate=lr, delta=delta,
-            batch_size=batch_size, dilate=dilate, weight_p=weight_p, weight_max=weight_max,
-            dynamic_balancing=dynamic_balancing, gradient_adjustment=gradient_adjustment,
-            weighted_segmentation=weighted_segmentation, frequency_sampling=frequency_sampling, seed=seed,
-            device=device, precision=precision, validate_every=validate_every, weight_decay=weight_decay, mean_filter=mean_filter,
-            threshold_quantile=threshold_quantile, holdout=holdout,
-            attention_weights=str(attention_weights) if attention_weights else None, mask_rule=mask_rule,
-            mask_share=mask_share, mask_threshold=mask_threshold, fill=fill,
-            inference_skips=_parse_flags(inference_skips, "--inference-skips"), ks=_parse_ints(ks, "--ks"),
-        )
-        values.update({k: v for k, v in cli_values.items() if v is not None})
-        name = method or values.pop("method", None) or "segdec"
-        values.pop("method", None)
-        named_in_file = values.pop("config", None)
-        named = config or named_in_file
-        train_config = _method_config(name, values, named)
-        _train_with_progress(train_config, out, False)
-        run_dir = out
+        train_config = make_config(name, values, named, source)
+    if print_config:
+        header = {"config": named} if named is not None else {}
+        typer.echo(train_config.to_yaml(method=train_config.method, **header), nl=False)
+        return
+    if resume is None and out is None:
+        raise ConfigError("--out RUN_DIR is required (or --resume RUN_DIR)")
+    run_dir = resume if resume is not None else out
+    _train_with_progress(train_config, run_dir, resume is not None)
     if evaluate and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone evaluates
+        from .evaluate.run_eval import evaluate_run
+
         _print_metrics(evaluate_run(run_dir, device=train_config.device), run_dir)
+
+
+@app.command("methods")
+def methods_list():
+    """The training methods and their model presets."""
+    from rich.table import Table
+
+    from .methods.registry import method_names, get_method
+
+    table = Table(title="methods")
+    for column in ("name", "what", "trains on", "presets", "named settings"):
+        table.add_column(column, overflow="fold")
+    for name in method_names():
+        cls = get_method(name)
+        table.add_row(name, cls.summary, "good and defective images" if cls.needs_defects else "good images only",
+                      ", ".join(cls.presets()), ", ".join(cls.named_settings) or "-")
+    _console().print(table)
 
 
 @app.command("eval")
@@ -523,15 +565,19 @@ def demo(
     from .data.readers.synthetic import default_root
     from .data.synthetic import DEMO_COUNTS, generate
     from .evaluate.run_eval import evaluate_run
-    from .methods.segdec import paper_config
+    from .methods.registry import DEFAULT_METHOD, get_method
 
     data_root = default_root().with_name(f"synthetic-demo-{size}")
     _console().print(f"generating the synthetic demo data in {data_root} (reused when already there)")
     generate(data_root, size=(size, size), **DEMO_COUNTS)
     if (out / "config.yaml").is_file():
         shutil.rmtree(out)
-    config = paper_config("demo", data_root=str(data_root), input_size=(size, size), epochs=epochs)
-    _console().print(f"training the '{config.preset}' network on {data_root} for {config.epochs} epochs (CPU)")
+    method = get_method(DEFAULT_METHOD)
+    values = dict(method.demo or {})
+    named = values.pop("config", None)
+    values.update(data_root=str(data_root), input_size=(size, size), **({"epochs": epochs} if epochs is not None else {}))
+    config = method.make_config(values, named)
+    _console().print(f"training the '{config.preset}' {method.name} network on {data_root} for {config.epochs} epochs (CPU)")
     _train_with_progress(config, out, False)
     _print_metrics(evaluate_run(out), out)
     from .report import write_report
@@ -559,8 +605,8 @@ def attention_pretrain(
     import torch
 
     from .data.mnist import read_mnist
+    from .methods.accel import resolve
     from .methods.attention_pretrain import accuracy, holdout_split, pretrain, save_attention
-    from .methods.segdec import resolve_device
 
     console = _console()
     data = read_mnist(mnist, "train", label_column=label_column)
@@ -573,7 +619,7 @@ def attention_pretrain(
         train_images, train_labels = data.images[train_idx], data.labels[train_idx]
         test_images, test_labels = data.images[test_idx], data.labels[test_idx]
         test_note = f"{len(test_images)} held-out digits (seed {seed})"
-    dev = resolve_device(device)
+    dev = resolve(device, "fp32").device
     console.print(f"training on {len(train_images)} digits from {mnist}; testing on {test_note}", markup=False)
     started = time.perf_counter()
 

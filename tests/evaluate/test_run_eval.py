@@ -15,7 +15,7 @@ from defectkit.data.synthetic import generate
 from defectkit.errors import ConfigError, DataError
 from defectkit.evaluate import metrics as M
 from defectkit.evaluate.run_eval import PIXEL_BUDGET, evaluate_run, mask_at, pixel_size, resize_to
-from defectkit.methods.registry import METHODS, get_method, method_name_of_run
+from defectkit.methods.registry import get_method, method_name_of_run, method_names
 
 
 
@@ -44,9 +44,9 @@ def test_resize_and_masks_at_the_evaluation_size(tmp_path):
 
 
 def test_registry_names_and_errors(tmp_path):
-    assert list(METHODS) == ["segdec", "ear", "riad"]
-    assert [get_method(n).supervised for n in METHODS] == [True, False, False]
-    assert get_method("riad").config_cls.__name__ == "RiadConfig"
+    assert method_names() == ["segdec", "ear", "riad"]
+    assert [get_method(n).needs_defects for n in method_names()] == [True, False, False]
+    assert get_method("riad").Config.__name__ == "RiadConfig"
     with pytest.raises(ConfigError, match="unknown method 'padim'; available: segdec, ear, riad"):
         get_method("padim")
     runs.write_yaml(tmp_path / runs.CONFIG, {"train": {}, "model": {}})
@@ -62,11 +62,14 @@ def test_registry_names_and_errors(tmp_path):
 
 
 def test_a_supervised_run_without_a_method_field_evaluates_with_pixel_metrics(tmp_path):
-    from defectkit.methods.segdec import TrainConfig, fit, score_samples
+    from defectkit.data.partition import read_parts
+    from defectkit.methods.registry import load_method
+    from defectkit.methods.segdec import SegDecTrainConfig
+    from defectkit.methods.trainer import fit
 
     root = generate(tmp_path / "data", n_train_good=4, n_train_defective=4, n_test_good=3, n_test_defective=3, size=(64, 128), seed=3)
-    config = TrainConfig(dataset="synthetic", data_root=str(root), preset="tiny", input_size=(64, 128), dilate=3, epochs=1,
-                         learning_rate=0.1, batch_size=4, validate_every=0)
+    config = SegDecTrainConfig(dataset="synthetic", data_root=str(root), preset="tiny", input_size=(64, 128), dilate=3, epochs=1,
+                               learning_rate=0.1, batch_size=4, validate_every=0, validation_share=0)
     run = tmp_path / "run"
     fit(config, run, log=lambda _: None)
     saved = runs.read_yaml(run / runs.CONFIG)
@@ -75,16 +78,12 @@ def test_a_supervised_run_without_a_method_field_evaluates_with_pixel_metrics(tm
     result = evaluate_run(run)
     assert result["method"] == "segdec" and result["pixel_size"] == [64, 128] and result["pixel_images"] == 6
     # the same numbers as scoring the test split directly
-    from defectkit.data.datasets import read_dataset
-    from defectkit.methods.segdec import load_scorer, split_samples
-
-    scorer = load_scorer(run)
-    model, cfg = scorer.model, scorer.config
-    test = split_samples(read_dataset("synthetic", str(root)), 0)["test"]
-    logits = score_samples(model, test, cfg.preprocessing(), scorer.acc, cfg.eval_batch_size)
-    assert result["ap"] == M.average_precision([s.is_defective for s in test], logits)
+    method = load_method(run)
+    model, cfg = method.model, method.config
+    test = read_parts(cfg)["test"]
     with torch.inference_mode():
-        seg = model(torch.from_numpy(np.stack([cfg.preprocessing().image(s) for s in test])))[1]
+        logits, seg = model(torch.from_numpy(np.stack([cfg.preprocessing().image(s) for s in test])))
+    assert result["ap"] == M.average_precision([s.is_defective for s in test], logits.double().numpy())
     maps = [resize_to(m, (64, 128)) for m in torch.sigmoid(seg[:, 0]).numpy()]
     expected = M.pixel_metrics([mask_at(s, (64, 128)) for s in test], maps)
     for key in ("pixel_auroc", "pixel_ap", "aupro"):

@@ -14,7 +14,8 @@ from defectkit.data.synthetic import generate
 from defectkit.errors import DataError
 from defectkit.evaluate.metrics import MetricInputError, parse_policy, policy_threshold
 from defectkit.evaluate.run_eval import evaluate_run, set_threshold
-from defectkit.methods.registry import get_method
+from defectkit.methods.registry import get_method, load_method
+from defectkit.methods.trainer import fit
 from defectkit.runs import read_csv
 
 
@@ -86,8 +87,9 @@ def trained(tmp_path_factory):
     data = generate(tmp_path_factory.mktemp("tiny") / "syn", n_train_good=6, n_train_defective=3, n_test_good=4, n_test_defective=4, size=(64, 128), seed=3)
     method = get_method("segdec")
     run = tmp_path_factory.mktemp("runs") / "run"
-    config = method.config_cls(dataset="synthetic", data_root=str(data), preset="tiny", input_size=(64, 128), dilate=3, epochs=2, batch_size=4, validate_every=0)
-    method.fit(config, run, log=lambda _: None)
+    config = method.Config(dataset="synthetic", data_root=str(data), preset="tiny", input_size=(64, 128), dilate=3, epochs=2, batch_size=4,
+                           validate_every=0, validation_share=0)
+    fit(config, run, log=lambda _: None)
     evaluate_run(run)
     return run, data
 
@@ -135,7 +137,7 @@ def test_validation_split_is_scored_by_the_model(trained, tmp_path):
     result = set_threshold(run, "max-fpr=0.25", data_root=data, log=lambda _: None)
     assert result["split"] == "validation"
     # the folder reader sees the validation copy: the scores are the model's own on it
-    scorer = get_method("segdec").load_scorer(run)
+    scorer = load_method(run)
     from defectkit.data.datasets import read_dataset
 
     validation = [s for s in read_dataset("folder", data, None, None) if s.split == "validation"]

@@ -21,6 +21,7 @@ from defectkit.evaluate.run_eval import evaluate_run
 from defectkit.infer.export import export_onnx, sidecar_path
 from defectkit.infer.onnx_predictor import OnnxPredictor
 from defectkit.methods.registry import get_method
+from defectkit.methods.trainer import fit
 
 SETTINGS = {
     "segdec": dict(preset="tiny", input_size=(64, 128), dilate=3, epochs=1, batch_size=4, validate_every=0),
@@ -39,12 +40,13 @@ def data(tmp_path_factory):
     return generate(root, n_train_good=6, n_train_defective=3, n_test_good=3, n_test_defective=3, size=(64, 128), seed=2)
 
 
-@pytest.fixture(scope="module", params=list(SETTINGS))
-def exported(request, data, tmp_path_factory):
-    method = get_method(request.param)
-    run = tmp_path_factory.mktemp(request.param) / "run"
-    config = method.config_cls(dataset="synthetic", data_root=str(data), **SETTINGS[request.param])
-    method.fit(config, run, log=quiet)
+@pytest.fixture(scope="module")
+def exported(data, tmp_path_factory):
+    """One exported run: the parity of every method and preset is the contract test's
+    (tests/methods/test_contract.py); these are the export's own checks."""
+    method = get_method("segdec")
+    run = tmp_path_factory.mktemp("segdec") / "run"
+    fit(method.Config(dataset="synthetic", data_root=str(data), **SETTINGS["segdec"]), run, log=quiet)
     evaluate_run(run)
     assert main(["export", str(run)]) == 0  # the CLI, with its parity check on
     return run, run / "model.onnx"
@@ -85,6 +87,18 @@ def test_sidecar_holds_threshold_and_input_spec(exported):
     assert meta["input"]["dtype"] == "uint8" and meta["input"]["channels"] == 1
     assert meta["input"]["network_size"] == list(torch_predictor.pre.input_size)
     assert meta["max_score_difference_to_torch"] < 1e-4
+    assert meta["raw_is_logit"] is True and meta["method"] == "segdec"
+
+
+def test_sidecars_of_the_first_format_still_load(exported, tmp_path):
+    _, model = exported
+    copy = tmp_path / "old.onnx"
+    copy.write_bytes(model.read_bytes())
+    meta = json.loads(sidecar_path(model).read_text())
+    del meta["raw_is_logit"]  # format 1 said it in words only
+    sidecar_path(copy).write_text(json.dumps({**meta, "format_version": 1}))
+    old = OnnxPredictor(copy)
+    assert old.raw_is_logit and old.predict(np.zeros((40, 30), np.uint8)).logit is not None
 
 
 def test_onnx_graph_takes_any_batch_and_size(exported):
@@ -130,7 +144,7 @@ def test_bad_inputs_get_clear_errors(tmp_path, exported):
 
 
 def test_random_mask_ear_is_refused(data, tmp_path):
-    from defectkit.methods.ear import EarConfig, fit
+    from defectkit.methods.ear import EarConfig
 
     run = tmp_path / "run"
     fit(EarConfig(dataset="synthetic", data_root=str(data), mask_rule="random", **SETTINGS["ear"]), run, log=quiet)

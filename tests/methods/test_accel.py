@@ -11,7 +11,8 @@ import torch
 
 from defectkit.errors import ConfigError
 from defectkit.methods import accel
-from defectkit.methods.segdec import TrainConfig, fit
+from defectkit.methods.segdec import SegDecTrainConfig as TrainConfig
+from defectkit.methods.trainer import fit
 
 
 def test_cpu_is_plain_fp32_without_copies():

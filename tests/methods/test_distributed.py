@@ -62,7 +62,8 @@ def test_two_gloo_ranks_train_like_one_process(data, tmp_path):
 
 def test_unsupervised_methods_refuse_torchrun(data, tmp_path, monkeypatch):
     from defectkit.errors import ConfigError
-    from defectkit.methods.ear import EarConfig, fit
+    from defectkit.methods.ear import EarConfig
+    from defectkit.methods.trainer import fit
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="trains in one process"):

@@ -15,7 +15,9 @@ import defectkit
 from defectkit import runs
 from defectkit.data.synthetic import generate
 from defectkit.errors import ConfigError, DataError
-from defectkit.methods.segdec import TrainConfig, batch_loss, fit, loss_weights, paper_config
+from defectkit.methods.segdec import SegDecTrainConfig as TrainConfig
+from defectkit.methods.segdec import batch_loss, loss_weights, paper_config
+from defectkit.methods.trainer import fit
 from defectkit.models import create_model
 
 
@@ -27,7 +29,7 @@ def tiny_data(tmp_path_factory):
 
 def tiny_config(data_root, **overrides) -> TrainConfig:
     settings = dict(dataset="synthetic", data_root=str(data_root), preset="tiny", input_size=(64, 128), channels=1, dilate=3,
-                    epochs=3, learning_rate=0.1, delta=1.0, batch_size=3, weight_p=2.0, weight_max=3.0, validate_every=0)
+                    epochs=3, learning_rate=0.1, delta=1.0, batch_size=3, weight_p=2.0, weight_max=3.0, validate_every=0, validation_share=0)
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -109,31 +111,6 @@ def test_batched_gradient_equals_the_sum_of_per_image_gradients():
         torch.testing.assert_close(a, p.grad)
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_path):
-    config = tiny_config(tiny_data, epochs=3)
-    fit(config, tmp_path / "straight", log=quiet)
-
-    def stop_in_epoch_two(epoch, done, total, losses):
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        fit(config, tmp_path / "killed", on_step=stop_in_epoch_two, log=quiet)
-    assert not (tmp_path / "killed" / runs.MODEL).exists()
-    state = json.loads(runs.read_metadata(tmp_path / "killed" / runs.CHECKPOINT)["state"])
-    assert state["epoch"] == 1  # epochs 0 and 1 finished; at most the current epoch is lost
-    fit(config, tmp_path / "killed", resume=True, log=quiet)
-    from safetensors.torch import load_file
-
-    a = load_file(str(tmp_path / "straight" / runs.MODEL))
-    b = load_file(str(tmp_path / "killed" / runs.MODEL))
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
-    with open(tmp_path / "killed" / runs.TRAIN_LOG) as f:
-        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2"]
-
-
 def test_run_folder_errors(tiny_data, tmp_path):
     config = tiny_config(tiny_data, epochs=1)
     fit(config, tmp_path / "run", log=quiet)
@@ -164,7 +141,7 @@ def test_cli_train_eval_predict(tiny_data, tmp_path, run_cli):
                              "--input-size", "64x128", "--epochs", "2", "--batch-size", "4", "--out", run)
     assert code == 0, err
     assert "test metrics (8 images, 4 defective)" in out
-    for name in ("config.yaml", "model.safetensors", "checkpoint.safetensors", "metrics.json", "predictions.csv", "pr_curve.png", "roc_curve.png", "train_log.csv"):
+    for name in ("config.yaml", "model.safetensors", "checkpoint.safetensors", "metrics.json", "predictions.csv", "pr_curve.svg", "roc_curve.svg", "train_log.csv"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"ap", "auroc", "threshold", "fp", "fn", "fp_at_fn0", "n_images", "n_defective", "decision_threshold"} <= set(metrics)

@@ -15,6 +15,7 @@ from defectkit import runs
 from defectkit.data.synthetic import generate
 from defectkit.errors import DataError
 from defectkit.evaluate.run_eval import evaluate_run
+from defectkit.methods.trainer import fit
 from defectkit.methods.registry import get_method, method_of_run
 from defectkit.report import write_report
 
@@ -41,7 +42,7 @@ def trained(data, tmp_path_factory):
     for name, settings in SETTINGS.items():
         method = get_method(name)
         run = tmp_path_factory.mktemp(name) / "run"
-        method.fit(method.config_cls(dataset="synthetic", data_root=str(data), **settings), run, log=quiet)
+        fit(method.Config(dataset="synthetic", data_root=str(data), **settings), run, log=quiet)
         evaluate_run(run)
         out[name] = run
     return out
@@ -65,8 +66,8 @@ def predictions(run):
     """(rows, labels, raw scores the decisions compare, threshold in those units), recomputed here."""
     rows = runs.read_csv(run / runs.PREDICTIONS)
     labels = np.array([r["label"] == "1" for r in rows])
-    segdec = method_of_run(run).name == "segdec"
-    raw = np.array([float(r["logit"] if segdec else r["score"]) for r in rows])
+    logit = method_of_run(run).raw_is_logit
+    raw = np.array([float(r["logit"] if logit else r["score"]) for r in rows])
     return rows, labels, raw, method_of_run(run).run_threshold(run)
 
 
@@ -154,21 +155,23 @@ def test_page_is_self_contained(reported):
 
 def test_histogram_and_training_curves(reported):
     run, page = reported
-    segdec = method_of_run(run).name == "segdec"
-    assert page.count('<svg class="chart"') == 4  # PR, ROC, histogram, losses (no validation AP logged)
-    assert ("logit (the network" in page) == segdec and ("anomaly score</text>" in page) != segdec
-    for column in runs.read_csv(run / runs.TRAIN_LOG)[0]:
+    logit = method_of_run(run).raw_is_logit
+    log = runs.read_csv(run / runs.TRAIN_LOG)
+    validated = any(row["val_ap"] for row in log)  # the synthetic data's validation part has both kinds
+    assert validated and "Validation AP" in page
+    assert page.count('<svg class="chart"') == 5  # PR, ROC, histogram, losses, validation AP
+    assert ("logit (the network" in page) == logit and ("anomaly score</text>" in page) != logit
+    for column in log[0]:
         if column.startswith("loss"):
             assert f">{column}</text>" in page
-    assert "Validation AP" not in page
 
 
-def test_validation_ap_is_plotted_when_logged(trained, tmp_path):
+def test_no_validation_ap_chart_without_validation(trained, tmp_path):
     run = copy_run(trained["segdec"], tmp_path / "run")
     rows = runs.read_csv(run / runs.TRAIN_LOG)
-    runs.write_csv(run / runs.TRAIN_LOG, list(rows[0]), ([*r.values()][:-2] + [0.5 + 0.1 * i, r["seconds"]] for i, r in enumerate(rows)))
+    runs.write_csv(run / runs.TRAIN_LOG, list(rows[0]), ([*r.values()][:-2] + ["", r["seconds"]] for r in rows))
     page = write_report(run, out=tmp_path / "elsewhere" / "r.html", gallery_size=0, log=quiet).read_text()
-    assert "Validation AP" in page and page.count('<svg class="chart"') == 5 and "No gallery" in page
+    assert "Validation AP" not in page and page.count('<svg class="chart"') == 4 and "No gallery" in page
     assert not (run / "report.html").exists()
     assert [p.name for p in (tmp_path / "elsewhere").iterdir()] == ["r.html"]  # atomic: no temp file left
 
@@ -230,7 +233,7 @@ def test_report_renders_in_a_browser(reported, browser, tmp_path):
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto((run / "report.html").as_uri())
     charts = page.locator("svg.chart").all()
-    assert len(charts) == 4
+    assert len(charts) == 5  # PR, ROC, histogram, losses, validation AP
     for chart in charts:
         box = chart.bounding_box()
         assert box and box["width"] > 100 and box["height"] > 100
@@ -241,3 +244,13 @@ def test_report_renders_in_a_browser(reported, browser, tmp_path):
     page.close()
     assert not errors, errors
     assert shot.stat().st_size > 20_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("pr_curve.svg", "roc_curve.svg"):  # evaluation's curves, as files of their own
+        page = browser.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto((run / name).as_uri())
+        box = page.locator("svg").bounding_box()
+        assert box and box["width"] > 300 and box["height"] > 250, name
+        fill = page.evaluate("() => getComputedStyle(document.querySelector('path.series')).fill")
+        assert fill == "none", name  # the chart's stylesheet travels inside the file
+        page.close()
+    assert not errors, errors

@@ -28,6 +28,7 @@ import defectkit
 from defectkit.data.synthetic import generate
 from defectkit.evaluate.run_eval import evaluate_run
 from defectkit.infer.export import export_onnx
+from defectkit.methods.trainer import fit
 from defectkit.methods.registry import get_method
 from defectkit.serve import create_app
 
@@ -72,7 +73,7 @@ def trained(tmp_path_factory):
     data = generate(root / "synthetic", n_train_good=6, n_train_defective=3, n_test_good=3, n_test_defective=3, size=(64, 128), seed=2)
     method = get_method("segdec")
     run = root / "run"
-    method.fit(method.config_cls(dataset="synthetic", data_root=str(data), preset="tiny", input_size=(64, 128), dilate=3, epochs=1,
+    fit(method.Config(dataset="synthetic", data_root=str(data), preset="tiny", input_size=(64, 128), dilate=3, epochs=1,
                                  batch_size=4, validate_every=0), run, log=quiet)
     evaluate_run(run)
     model = export_onnx(run, root / "model.onnx", log=quiet)
@@ -128,7 +129,7 @@ def test_health_and_model(served, trained):
     assert info["threshold"]["score"] == pytest.approx(predictor.threshold) and info["threshold"]["raw"] == pytest.approx(predictor.threshold_raw)
     if backend == "torch":
         assert info["preset"] == "tiny"
-        assert info["threshold"]["source"].startswith("test (best F1")  # metrics.json's threshold_source
+        assert info["threshold"]["source"] == "validation (best F1)"  # threshold.json's, set on the validation part
         assert info["metrics"]["ap"] == pytest.approx(defectkit.runs.read_json(trained["run"] / "metrics.json")["ap"])
     else:
         assert info["export"]["max_score_difference_to_torch"] < 1e-4 and info["export"]["opset"] == 18

@@ -11,27 +11,12 @@ from ..errors import DataError
 from . import metrics as M
 
 
-def plot_curves(labels: np.ndarray, scores: np.ndarray, run_dir: Path, title: str) -> None:
-    import matplotlib
+def write_curves(labels: np.ndarray, scores: np.ndarray, run_dir: Path, title: str) -> None:
+    """pr_curve.svg and roc_curve.svg of the evaluated split (the report draws the same charts)."""
+    from .. import charts
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    precision, recall, _ = M.precision_recall_curve(labels, scores)
-    fpr, tpr, _ = M.roc_curve(labels, scores)
-    for name, x, y, xlabel, ylabel, value in (
-        (runs.PR_CURVE, recall, precision, "recall", "precision", f"AP {M.average_precision(labels, scores):.4f}"),
-        (runs.ROC_CURVE, fpr, tpr, "false positive rate", "true positive rate", f"AUROC {M.roc_auc(labels, scores):.4f}"),
-    ):
-        fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
-        ax.plot(x, y, drawstyle="steps-post" if name == runs.PR_CURVE else "default")
-        ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02), title=f"{title}: {value}")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        tmp = run_dir / f".{name}.tmp.png"
-        fig.savefig(tmp)
-        plt.close(fig)
-        tmp.replace(run_dir / name)
+    for name, svg in ((runs.PR_CURVE, charts.pr_chart(labels, scores, title)), (runs.ROC_CURVE, charts.roc_chart(labels, scores, title))):
+        runs.atomic_write(run_dir / name, charts.standalone(svg).encode("utf-8"))
 
 
 # Pixel metrics pool every pixel of the test split; past this many the maps are compared at a
@@ -66,15 +51,15 @@ def mask_at(sample, size: tuple[int, int]) -> np.ndarray:
     return resize_to((load_mask(sample) > 0).astype(np.float32), size) >= 0.5
 
 
-def score_samples(scorer, samples) -> tuple[np.ndarray, np.ndarray, dict]:
+def score_samples(method, samples) -> tuple[np.ndarray, np.ndarray, dict]:
     """(labels, raw scores, pixel metrics) of ``samples``; the pixel metrics are empty unless
     some defective sample has a mask (good images count as all-good; defective images without
     a mask are left out of them)."""
     labels = np.array([s.is_defective for s in samples])
     with_pixels = any(s.is_defective and s.has_mask for s in samples)
-    size = pixel_size(sum(s.has_mask or not s.is_defective for s in samples), scorer.config.input_size)
+    size = pixel_size(sum(s.has_mask or not s.is_defective for s in samples), method.config.input_size)
     raw_parts, masks, maps = [], [], []
-    for batch, raw, batch_maps in scorer.iter_samples(samples):
+    for batch, raw, batch_maps in method.iter_samples(samples):
         raw_parts.append(raw)
         if with_pixels:
             for sample, heat in zip(batch, batch_maps):
@@ -87,7 +72,7 @@ def score_samples(scorer, samples) -> tuple[np.ndarray, np.ndarray, dict]:
 
 def read_test_split(config, data_root=None) -> tuple[dict, list]:
     """(all splits, test samples) of a run's config, read the way training read them."""
-    from ..methods.segdec import read_parts
+    from ..data.partition import read_parts
 
     parts = read_parts(config, data_root)
     test = parts.get("test")
@@ -100,23 +85,22 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, devic
     """Score the run's test split with its weights and write the evaluation files, for any method.
 
     Pixel AUROC, pixel AP and AUPRO are added as :func:`score_samples` says."""
-    from ..methods.registry import method_of_run
+    from ..methods.registry import load_method
 
     run_dir = runs.require_run(Path(run_dir), weights)
-    method = method_of_run(run_dir)
-    scorer = method.load_scorer(run_dir, device=device, weights=weights)
-    config = scorer.config
+    method = load_method(run_dir, device=device, weights=weights)
+    config = method.config
     parts, test = read_test_split(config, data_root)
-    labels, raw, pixel_result = score_samples(scorer, test)
-    result = M.image_metrics(labels, raw)  # rank metrics on raw scores (logits for segdec: the exact probabilities' ranking)
+    labels, raw, pixel_result = score_samples(method, test)
+    result = M.image_metrics(labels, raw)  # rank metrics on raw scores (logits: the exact probabilities' ranking)
     stored = runs.stored_threshold(run_dir) if weights == runs.MODEL else None
-    # threshold.json (fixed when EAR/RIAD training ended, or by `defectkit threshold`) wins
-    threshold = stored or method.decision_threshold(scorer, parts, result)
+    # threshold.json (fixed when training ended, or by `defectkit threshold`) wins
+    threshold = stored or method.decision_threshold(parts, result)
     decision = threshold["value"]
-    if scorer.raw_is_logit:
+    if method.raw_is_logit:
         # thresholds are reported as probabilities, with the logit beside (a probability can round to 1.0)
         for key, logit in (("threshold", result["threshold"]), ("threshold_fn0", result["threshold_fn0"]), ("decision_threshold", decision)):
-            result[key] = float(scorer.to_score(logit))
+            result[key] = float(method.to_score(logit))
             result[f"{key}_logit"] = float(logit)
     else:
         result["decision_threshold"] = float(decision)
@@ -124,17 +108,17 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, devic
     result.update(pixel_result)
     result.update(threshold_source=threshold["source"], method=method.name, dataset=config.dataset, split=config.split, fold=config.fold, weights=weights)
     runs.write_json(run_dir / runs.METRICS, result)
-    scores = scorer.to_score(raw)
+    scores = method.to_score(raw)
     runs.write_csv(
         run_dir / runs.PREDICTIONS,
         list(PREDICTION_COLUMNS),
         (
-            [str(s.image_path), s.name, int(s.is_defective), repr(float(p)), repr(float(z)) if scorer.raw_is_logit else "", int(z >= decision)]
+            [str(s.image_path), s.name, int(s.is_defective), repr(float(p)), repr(float(z)) if method.raw_is_logit else "", int(z >= decision)]
             for s, p, z in zip(test, scores, raw)
         ),
     )
     if len(set(labels.tolist())) == 2:
-        plot_curves(labels, raw, run_dir, f"{config.dataset} test")
+        write_curves(labels, raw, run_dir, f"{config.dataset} test")
     return result
 
 
@@ -174,13 +158,13 @@ def policy_scores(run_dir: Path, policy: str, split: str = "auto", data_root=Non
     method = method_of_run(run_dir)
     name, _ = M.parse_policy(policy)
     if split in ("auto", "validation"):
-        from ..methods.segdec import read_parts
+        from ..data.partition import read_parts
 
-        validation = read_parts(method.read_run_config(run_dir), data_root).get("validation") or []
+        validation = read_parts(method.read_config(run_dir)[0], data_root).get("validation") or []
         labels = np.array([s.is_defective for s in validation], dtype=bool)
         usable = labels.size and (name == "max-fpr" or labels.any()) and (name != "max-fpr" or not labels.all())
         if usable:
-            return "validation", labels, method.load_scorer(run_dir, device=device).raw_scores(validation)
+            return "validation", labels, method.load(run_dir, device=device).raw_scores(validation)
         what = "no validation split" if not labels.size else f"the validation split has no {'good' if name == 'max-fpr' else 'defective'} image"
         if split == "validation":
             raise DataError(f"{run_dir}: {what} for policy {policy}; use --split test")
@@ -193,7 +177,8 @@ def set_threshold(run_dir: str | Path, policy: str, split: str = "auto", data_ro
     """Choose the run's decision threshold by a production policy and (``write``) store it in
     threshold.json, where ``defectkit.load``, export and serve read it; metrics.json's decision
     threshold and predictions.csv's decisions are updated to match."""
-    from ..methods.registry import method_of_run, to_score
+    from ..methods.base import to_score
+    from ..methods.registry import method_of_run
 
     run_dir = runs.require_run(Path(run_dir))
     method = method_of_run(run_dir)

@@ -51,7 +51,8 @@ class OnnxPredictor:
         self.channels = int(self.meta["input"]["channels"])
         self.threshold_raw = float(self.meta["threshold"]["raw"])
         self.threshold = float(self.meta["threshold"]["score"])
-        self.raw_is_logit = self.method == "segdec"
+        # sidecars of format 1 say it only in words
+        self.raw_is_logit = bool(self.meta.get("raw_is_logit", str(self.meta.get("outputs", {}).get("raw", "")).startswith("N: decision logit")))
         self.threshold_logit = self.threshold_raw if self.raw_is_logit else None
         self.heatmap_scale = float(self.meta["heatmap_scale"])
 

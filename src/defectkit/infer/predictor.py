@@ -1,8 +1,8 @@
 """``defectkit.load(RUN_DIR).predict(image)``: score, decision and full-resolution heatmap, for any method.
 
-The run folder's method decides what the numbers mean: the supervised net gives a defect
-probability (with its logit) and a probability map; EAR and RIAD give an anomaly score (the
-maximum of their smoothed reconstruction-difference map) and that map.
+The run folder's method decides what the numbers mean (``Method.score_text``): a method with
+a logit gives a defect probability (with its logit) and a probability map; the others an
+anomaly score and their anomaly map.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from ..errors import DataError
 
 @dataclass
 class Prediction:
-    score: float  # segdec: probability that the image shows a defect; EAR/RIAD: anomaly score
-    decision: bool  # raw score (segdec: the logit, as probabilities can round to 1.0) >= the run's threshold
+    score: float  # the method's score: a defect probability (methods with a logit) or an anomaly score
+    decision: bool  # raw score (the logit, as probabilities can round to 1.0) >= the run's threshold
     heatmap: np.ndarray  # HxW float32 at the input image's resolution: defect probability, or anomaly map
     threshold: float  # the decision threshold in the units of ``score``
-    logit: float | None  # segdec's logit; None for methods whose score is no probability
+    logit: float | None  # the logit; None for methods whose score is no probability
 
 
 def to_array(image: Any, channels: int) -> np.ndarray:
@@ -50,17 +50,17 @@ def to_array(image: Any, channels: int) -> np.ndarray:
 
 
 class Predictor:
-    """Scores images of any size and kind with a run's scorer; ``threshold_raw`` is in raw-score units."""
+    """Scores images of any size and kind with a run's trained method; ``threshold_raw`` is in raw-score units."""
 
-    def __init__(self, scorer, threshold_raw: float, device: str = "cpu"):
-        self.scorer, self.config, self.device, self.method = scorer, scorer.config, device, scorer.method
+    def __init__(self, method, threshold_raw: float, device: str = "cpu"):
+        self.trained, self.config, self.device, self.method = method, method.config, device, method.name
+        self.raw_is_logit = method.raw_is_logit
         self.threshold_raw = float(threshold_raw)
-        self.threshold = float(scorer.to_score(self.threshold_raw))
-        self.threshold_logit = self.threshold_raw if scorer.raw_is_logit else None
-        self.pre = scorer.pre
+        self.threshold = float(method.to_score(self.threshold_raw))
+        self.threshold_logit = self.threshold_raw if self.raw_is_logit else None
+        self.pre = method.pre
         self.channels = self.pre.channels  # 1 gray, 3 RGB: how callers should read images
-        # the map value drawn at the top of the colour scale: a pixel at the image threshold is mid-scale
-        self.heatmap_scale = scorer.heatmap_scale if scorer.raw_is_logit else max(2 * self.threshold_raw, 1e-6)
+        self.heatmap_scale = method.heatmap_scale(self.threshold_raw)
 
     def predict_batch(self, images: list) -> list[Prediction]:
         import cv2
@@ -69,12 +69,12 @@ class Predictor:
 
         arrays = [to_array(im, self.pre.channels) for im in images]
         x = np.stack([network_input(a, self.pre.input_size) for a in arrays])
-        raws, maps = self.scorer.score_batch(x)
+        raws, maps = self.trained.score_batch(x)
         out = []
         for array, z, small in zip(arrays, raws, maps):
             heatmap = cv2.resize(small, (array.shape[1], array.shape[0]), interpolation=cv2.INTER_LINEAR)
-            logit = float(z) if self.scorer.raw_is_logit else None
-            out.append(Prediction(float(self.scorer.to_score(z)), bool(z >= self.threshold_raw), heatmap.astype(np.float32), self.threshold, logit))
+            logit = float(z) if self.raw_is_logit else None
+            out.append(Prediction(float(self.trained.to_score(z)), bool(z >= self.threshold_raw), heatmap.astype(np.float32), self.threshold, logit))
         return out
 
     def predict(self, image: Any) -> Prediction:
@@ -83,15 +83,12 @@ class Predictor:
 
 
 def load(run_dir: str | Path, device: str = "cpu", weights: str = runs.MODEL) -> Predictor:
-    """A predictor from a run folder of any method, with the run's decision threshold.
+    """A predictor from a run folder of any method, with the run's decision threshold
+    (threshold.json, else the evaluated one in metrics.json; ``Method.run_threshold``)."""
+    from ..methods.registry import load_method
 
-    segdec: ``decision_threshold_logit`` from metrics.json, or probability 0.5 (logit 0) before
-    the run was evaluated. EAR/RIAD: the threshold fixed when training ended (threshold.json)."""
-    from ..methods.registry import load_scorer, method_of_run
-
-    run_dir = Path(run_dir)
-    scorer = load_scorer(run_dir, device=device, weights=weights)
-    return Predictor(scorer, method_of_run(run_dir).run_threshold(run_dir), device)
+    method = load_method(run_dir, device=device, weights=weights)
+    return Predictor(method, method.run_threshold(run_dir), device)
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, scale: float = 1.0) -> np.ndarray:

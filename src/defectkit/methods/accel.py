@@ -51,15 +51,15 @@ class Accelerator:
 
         return model.to(self.device, memory_format=torch.channels_last) if self.channels_last else model.to(self.device)
 
-    def tensor(self, array: np.ndarray):
-        """A host array on the device: pinned and copied asynchronously on CUDA, NCHW images
+    def tensor(self, array):
+        """A host array (NumPy or torch) on the device: pinned and copied asynchronously on CUDA, NCHW images
         in the model's memory layout."""
         import torch
 
-        t = torch.from_numpy(np.ascontiguousarray(array))
+        t = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
         if not self.cuda:
             return t
-        t = t.pin_memory().to(self.device, non_blocking=True)
+        t = (t if t.is_pinned() else t.pin_memory()).to(self.device, non_blocking=True)
         return t.contiguous(memory_format=torch.channels_last) if self.channels_last and t.dim() == 4 else t
 
 

@@ -58,11 +58,20 @@ def context(device_name: str = "cpu") -> Context:
     return Context(dist.get_rank(), dist.get_world_size(), local)
 
 
-def device(ctx: Context, dev):
-    """The process's device: ``cuda:LOCAL_RANK`` for CUDA under torchrun, else ``dev``."""
-    import torch
+def device_name(ctx: Context, name: str) -> str:
+    """The process's device as a name: ``cuda:LOCAL_RANK`` for CUDA under torchrun, else ``name``."""
+    return f"cuda:{ctx.local_rank}" if ctx.active and name.startswith("cuda") else name
 
-    return torch.device("cuda", ctx.local_rank) if ctx.active and dev.type == "cuda" else dev
+
+def broadcast(ctx: Context, value):
+    """Rank 0's ``value`` on every rank (any picklable object)."""
+    if not ctx.active:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier(ctx: Context) -> None:

@@ -22,53 +22,41 @@ The attention weights the run uses (the shipped MNIST ones by default) are copie
 run folder as ``attention.safetensors``, so evaluation and prediction never depend on a
 file outside it.
 """
-
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import Literal
 
 from .. import runs
+from ..config import Flags, Float, Int, option
 from ..errors import ConfigError, DataError
-from . import unsupervised
-from .unsupervised import Reconstruction, UnsupervisedConfig
+from .unsupervised import Reconstruction, ReconstructionConfig
 
-ATTENTION_FILE = runs.ATTENTION
+ATTENTION_FILE = "attention.safetensors"  # the run folder's copy of the attention weights
 LUMA = (0.299, 0.587, 0.114)
 MASK_RULES = ("share", "threshold", "random")
 
 
-@dataclass
-class EarConfig(UnsupervisedConfig):
-    method: str = "ear"
-    attention_weights: str | None = None  # None: the shipped MNIST weights
-    mask_rule: str = "share"  # "share", "threshold" or "random" (the ablation's control)
-    mask_share: float = 0.1
-    mask_threshold: float = 0.5
-    fill: str = "zeros"  # "zeros" (v1) or "mosaic" (v2)
-    mosaic_cell: int = 8
-    inference_skips: tuple[bool, ...] | None = None  # None: the U-Net preset's (shallow off, deep on)
+class EarConfig(ReconstructionConfig):
+    method: Literal["ear"] = option("ear", "The method.", cli=False)
+    attention_weights: str | None = option(None, "Attention weights (.safetensors with its .json beside it); default: the shipped MNIST ones.")
+    mask_rule: str = option("share", "'share' (hide the top --mask-share of pixels by attention), 'threshold', or 'random' (same share, random places: an ablation).")
+    mask_share: Float = option(0.1, "Share of pixels excised.")
+    mask_threshold: Float = option(0.5, "Excise pixels whose normalised attention is at least this (with --mask-rule threshold).")
+    fill: str = option("zeros", "What fills the excised pixels: zeros (paper v1) or mosaic (v2).")
+    mosaic_cell: Int = option(8, "Cell size of the mosaic fill, in pixels.")
+    inference_skips: Flags | None = option(None, "U-Net skips on at inference, one 0/1 per level shallow to deep (default: the preset's, 0011).", metavar="0011")
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.method != "ear":
-            raise ConfigError(f"an EAR config has method 'ear', got {self.method!r}")
+    def check(self) -> None:
+        super().check()
         if self.mask_rule not in MASK_RULES:
-            raise ConfigError(f"mask_rule must be one of {', '.join(MASK_RULES)}, got {self.mask_rule!r}")
+            raise ValueError(f"mask_rule must be one of {', '.join(MASK_RULES)}, got {self.mask_rule!r}")
         if not 0 <= self.mask_share <= 1 or not 0 <= self.mask_threshold <= 1:
-            raise ConfigError("mask_share and mask_threshold must lie in [0, 1]")
+            raise ValueError("mask_share and mask_threshold must lie in [0, 1]")
         if self.fill not in ("zeros", "mosaic"):
-            raise ConfigError(f"fill must be 'zeros' or 'mosaic', got {self.fill!r}")
+            raise ValueError(f"fill must be 'zeros' or 'mosaic', got {self.fill!r}")
         if self.mosaic_cell < 1:
-            raise ConfigError(f"mosaic_cell must be positive, got {self.mosaic_cell}")
-        if self.inference_skips is not None:
-            self.inference_skips = unsupervised.as_tuple(self.inference_skips, bool, "inference_skips")
-
-
-CONFIG_CLASS = EarConfig
-SCORER = unsupervised.ReconstructionScorer
+            raise ValueError(f"mosaic_cell must be positive, got {self.mosaic_cell}")
 
 
 def gray(x):
@@ -80,34 +68,40 @@ def gray(x):
 
 
 class Ear(Reconstruction):
-    def __init__(self, config: EarConfig, device):
-        super().__init__(config, device)
+    name = "ear"
+    summary = "Excision And Recovery: attention-masked U-Net reconstruction, good images only (Park et al.)"
+    Config = EarConfig
+
+    def __init__(self, config: EarConfig, device: str | None = None, training: bool = False):
+        super().__init__(config, device, training)
         self.attention = None
-        self.train_masks = None
 
     def unet_overrides(self) -> dict:
         return {} if self.config.inference_skips is None else {"inference_skips": self.config.inference_skips}
 
-    def setup(self, out: Path, saved: dict | None) -> dict:
+    def setup(self, run_dir: Path, saved: dict | None) -> dict:
         from ..models.registry import model_from_config
         from .attention_pretrain import SHIPPED_ATTENTION, load_attention, read_attention_info
 
         if saved is not None:  # an existing run: its own copy of the attention weights
             section = saved.get("attention")
             if not isinstance(section, dict) or not isinstance(section.get("config"), dict):
-                raise DataError(f"{Path(out) / runs.CONFIG}: an EAR run needs an 'attention' section")
+                raise DataError(f"{Path(run_dir) / runs.CONFIG}: an EAR run needs an 'attention' section")
             model = model_from_config("attention", section["config"])
-            runs.load_weights(model, Path(out) / ATTENTION_FILE, f"the attention config in {Path(out) / runs.CONFIG}")
+            runs.load_weights(model, Path(run_dir) / ATTENTION_FILE, f"the attention config in {Path(run_dir) / runs.CONFIG}")
             self.attention = model.to(self.device).eval()
             return {}
         source = self.config.attention_weights
         self.attention = load_attention(source, self.device)
-        runs.save_weights(Path(out) / ATTENTION_FILE, self.attention.state_dict())
+        runs.save_weights(Path(run_dir) / ATTENTION_FILE, self.attention.state_dict())
         accuracy = read_attention_info(source).get("training", {}).get("test_accuracy")
         return {"attention": {
             "name": "attention", "config": self.attention.config.to_dict(), "file": ATTENTION_FILE,
             "source": f"shipped {SHIPPED_ATTENTION.name}" if source is None else str(source), "test_accuracy": accuracy,
         }}
+
+    def networks(self) -> list:
+        return [self.model, self.attention]
 
     def masks(self, x):
         """Boolean ``N x H x W``, True = excised; one deterministic mask per image."""
@@ -123,39 +117,21 @@ class Ear(Reconstruction):
             with torch.no_grad():
                 attention = self.attention.attention_map(gray(x))
         rule = {"keep": None, "threshold": c.mask_threshold} if c.mask_rule == "threshold" else {"keep": c.mask_share}
-        return attention_mask(attention, tuple(x.shape[2:]), stride=stride, **rule)[:, 0]
+        return attention_mask(attention, tuple(self.config.input_size[::-1]), stride=stride, **rule)[:, 0]
 
     def excised(self, x, masks):
         from .masks import excise
 
         return excise(x, masks, self.config.fill, cell=self.config.mosaic_cell)
 
-    def prepare_training(self, images: np.ndarray) -> None:
-        import torch
+    def hidden_reconstruction(self, x):
+        return self.model(self.excised(x, self.masks(x)))
 
-        batch = self.config.eval_batch_size
-        self.train_masks = torch.cat([self.masks(torch.from_numpy(images[i : i + batch]).to(self.device)) for i in range(0, len(images), batch)])
-
-    def train_reconstruction(self, unet, x, indices, rng):
-        return unet(self.excised(x, self.train_masks[indices]))
-
-    def anomaly_map(self, unet, x):
+    def anomaly_map(self, x):
         from .reconstruction import msgms_map
 
-        return msgms_map(x, unet(self.excised(x, self.masks(x))))
+        return msgms_map(x, self.model(self.excised(x, self.masks(x))))
 
-
-def fit(config: EarConfig, out, resume: bool = False, on_step=None, log=print) -> Path:
-    return unsupervised.fit(config, out, Ear, resume=resume, on_step=on_step, log=log)
-
-
-def load_scorer(run_dir, device: str = "cpu", weights: str = runs.MODEL):
-    return unsupervised.load_scorer(run_dir, EarConfig, Ear, device=device, weights=weights)
-
-
-def read_run_config(run_dir: Path):
-    return unsupervised.read_run_config(run_dir, EarConfig)
-
-
-decision_threshold = unsupervised.decision_threshold
-run_threshold = unsupervised.run_threshold
+    def check_exportable(self) -> None:
+        if self.config.mask_rule == "random":
+            raise ConfigError("an EAR run with mask_rule 'random' (the ablation's control) seeds its masks in NumPy and cannot be exported; export an attention-mask run")

@@ -1,91 +1,52 @@
-"""The methods behind one interface: the supervised two-stage net, EAR and RIAD.
+"""The registry of methods: name -> :class:`~defectkit.methods.base.Method` class.
 
-A method is a module with four verbs; training, evaluation, the predictor and the CLI reach
-it only through this registry, so adding one is one entry here:
-
-* ``CONFIG_CLASS``: its training config (a dataclass with ``from_dict``/``to_dict``);
-* ``SCORER``: its :class:`Scorer` class (what its raw scores mean);
-* ``fit(config, out, resume=False, on_step=None, log=print)``: train into a run folder;
-* ``load_scorer(run_dir, device, weights)``: a :class:`Scorer` built from the run folder;
-* ``decision_threshold(scorer, parts, test_metrics)``: the decision threshold and where it
-  came from (``{"value": raw score, "source": text, ...}``);
-* ``run_threshold(run_dir)``: the threshold a predictor of a finished run uses;
-* ``read_run_config(run_dir)``: (training config, rest) from the run's config.yaml.
+The built-in methods are imported on first use, so importing the registry (the CLI does, for
+``--help``) costs nothing. :func:`register_method` adds any other class (a plugin, or a test's
+toy method): from then on every command trains, evaluates, exports, serves and reports it.
 
 A run folder's ``config.yaml`` names its method at the top (``method: ear``); folders written
 before there was more than one method have none and are the supervised net's.
-
-Modules are imported on first use, so importing the registry (the CLI does, for ``--help``)
-costs nothing.
 """
 
 from __future__ import annotations
 
-import abc
-import dataclasses
 import importlib
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-import numpy as np
+from typing import Any
 
 from .. import runs
 from ..errors import ConfigError, DataError
 
-
-@dataclasses.dataclass(frozen=True)
-class Method:
-    name: str
-    module: str
-    summary: str
-    supervised: bool
-
-    def impl(self):
-        return importlib.import_module(self.module)
-
-    @property
-    def config_cls(self) -> type:
-        return self.impl().CONFIG_CLASS
-
-    def fit(self, config, out: str | Path, resume: bool = False, on_step: Callable | None = None, log: Callable[[str], None] = print) -> Path:
-        return self.impl().fit(config, out, resume=resume, on_step=on_step, log=log)
-
-    def load_scorer(self, run_dir: str | Path, device: str = "cpu", weights: str = runs.MODEL) -> "Scorer":
-        return self.impl().load_scorer(run_dir, device=device, weights=weights)
-
-    def decision_threshold(self, scorer: "Scorer", parts: dict, test_metrics: dict) -> dict:
-        return self.impl().decision_threshold(scorer, parts, test_metrics)
-
-    def read_run_config(self, run_dir: str | Path):
-        return self.impl().read_run_config(Path(run_dir))[0]
-
-    @property
-    def raw_is_logit(self) -> bool:
-        return self.impl().SCORER.raw_is_logit
-
-    def run_threshold(self, run_dir: str | Path) -> float:
-        """The decision threshold (raw-score units) a predictor of this run uses: threshold.json
-        when the run has one (any method), else the method's own rule."""
-        stored = runs.stored_threshold(Path(run_dir))
-        return float(stored["value"] if stored else self.impl().run_threshold(Path(run_dir)))
-
-
-METHODS: dict[str, Method] = {
-    "segdec": Method("segdec", "defectkit.methods.segdec", "supervised two-stage segmentation + decision network (Božič et al.)", True),
-    "ear": Method("ear", "defectkit.methods.ear", "Excision And Recovery: attention-masked U-Net reconstruction, good images only (Park et al.)", False),
-    "riad": Method("riad", "defectkit.methods.riad", "Reconstruction by inpainting with random multi-masks, good images only (Zavrtanik et al.)", False),
+BUILTIN = {
+    "segdec": "defectkit.methods.segdec:SegDec",
+    "ear": "defectkit.methods.ear:Ear",
+    "riad": "defectkit.methods.riad:Riad",
 }
+DEFAULT_METHOD = "segdec"  # what `train` trains without --method, and what `demo` shows
+REGISTERED: dict[str, type] = {}
 
 
-def get_method(name: str) -> Method:
-    try:
-        return METHODS[name]
-    except (KeyError, TypeError):
-        raise ConfigError(f"unknown method {name!r}; available: {', '.join(METHODS)}") from None
+def register_method(cls: type) -> type:
+    """Add a :class:`Method` subclass under ``cls.name`` (usable as a class decorator)."""
+    REGISTERED[cls.name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    return list(BUILTIN) + [n for n in REGISTERED if n not in BUILTIN]
+
+
+def get_method(name: str) -> type:
+    if name in REGISTERED:
+        return REGISTERED[name]
+    if isinstance(name, str) and name in BUILTIN:
+        module, attr = BUILTIN[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+    raise ConfigError(f"unknown method {name!r}; available: {', '.join(method_names())}")
 
 
 def method_name_of_run(run_dir: str | Path) -> str:
-    """The method recorded in a run folder's config.yaml (none recorded: segdec)."""
+    """The method recorded in a run folder's config.yaml (none recorded: the default method)."""
     path = Path(run_dir) / runs.CONFIG
     saved = runs.read_yaml(path)
     if not isinstance(saved, dict):
@@ -93,65 +54,22 @@ def method_name_of_run(run_dir: str | Path) -> str:
     name = saved.get("method")
     if name is None and isinstance(saved.get("train"), dict):
         name = saved["train"].get("method")
-    name = name or "segdec"
-    if name not in METHODS:
-        raise DataError(f"{path}: unknown method {name!r}; this defectkit knows {', '.join(METHODS)}")
+    name = name or DEFAULT_METHOD
+    if name not in method_names():
+        raise DataError(f"{path}: unknown method {name!r}; this defectkit knows {', '.join(method_names())}")
     return name
 
 
-def method_of_run(run_dir: str | Path) -> Method:
-    return METHODS[method_name_of_run(run_dir)]
+def method_of_run(run_dir: str | Path) -> type:
+    return get_method(method_name_of_run(run_dir))
 
 
-def load_scorer(run_dir: str | Path, device: str = "cpu", weights: str = runs.MODEL) -> "Scorer":
-    """The scorer of any run folder, whatever its method."""
+def load_method(run_dir: str | Path, device: str = "cpu", weights: str = runs.MODEL):
+    """The trained method of any run folder, ready to score."""
     run_dir = runs.require_run(Path(run_dir), weights)
-    return method_of_run(run_dir).load_scorer(run_dir, device=device, weights=weights)
+    return method_of_run(run_dir).load(run_dir, device=device, weights=weights)
 
 
-def to_score(raw, raw_is_logit: bool):
-    """User-facing score: the probability (float64 sigmoid) of a logit, else the raw score."""
-    if raw_is_logit:
-        return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(raw, dtype=np.float64)))
-    return np.asarray(raw, dtype=np.float64)
-
-
-class Scorer(abc.ABC):
-    """A trained method ready to score images.
-
-    ``score_batch`` takes preprocessed images (float32 ``N x C x H x W`` at the input size)
-    and returns raw image scores (float64, higher = more likely defective) and anomaly maps
-    (float32 ``N x h x w`` at the method's own resolution; callers resize them).
-    ``raw_is_logit``: the supervised net's raw score is a logit and its user-facing score
-    the probability; the reconstruction methods' raw score is the score itself.
-    ``heatmap_scale`` is the map value drawn at the top of the colour scale.
-    """
-
-    method: str
-    config: Any
-    raw_is_logit: bool = False
-    heatmap_scale: float = 1.0
-
-    def __init__(self, config, device):
-        self.config, self.device = config, device
-        self.pre = config.preprocessing()
-
-    @abc.abstractmethod
-    def score_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(raw scores, maps) of one batch."""
-
-    def to_score(self, raw):
-        """User-facing score from raw scores (scalar or array)."""
-        return to_score(raw, self.raw_is_logit)
-
-    def iter_samples(self, samples: list, batch_size: int | None = None) -> Iterator[tuple[list, np.ndarray, np.ndarray]]:
-        """(samples, raw scores, maps) batch by batch: maps never pile up for a whole split."""
-        batch_size = batch_size or getattr(self.config, "eval_batch_size", 4)
-        for start in range(0, len(samples), batch_size):
-            part = samples[start : start + batch_size]
-            raw, maps = self.score_batch(np.stack([self.pre.image(s) for s in part]))
-            yield part, raw, maps
-
-    def raw_scores(self, samples: list, batch_size: int | None = None) -> np.ndarray:
-        scores = [raw for _, raw, _ in self.iter_samples(samples, batch_size)]
-        return np.concatenate(scores) if scores else np.empty(0, np.float64)
+def make_config(name: str, values: dict[str, Any], named: str | None = None, source: dict[str, str] | None = None):
+    """The training config of method ``name`` from option values (and named settings)."""
+    return get_method(name).make_config(values, named, source)

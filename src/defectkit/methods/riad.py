@@ -11,53 +11,42 @@ The test masks are drawn once per k from a generator seeded by ``(seed, k)`` and
 every image, so an image's score does not depend on the batch it is in or on earlier calls.
 All skip connections stay on at inference (the hidden cells are what keeps detail out).
 """
-
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from .. import runs
-from ..errors import ConfigError
-from . import unsupervised
-from .unsupervised import Reconstruction, UnsupervisedConfig
+from ..config import Int, IntList, option
+from .unsupervised import Reconstruction, ReconstructionConfig
 
 
-@dataclass
-class RiadConfig(UnsupervisedConfig):
-    method: str = "riad"
-    ks: tuple[int, ...] = (2, 4, 8, 16)
-    n_masks: int = 3
+class RiadConfig(ReconstructionConfig):
+    method: Literal["riad"] = option("riad", "The method.", cli=False)
+    ks: IntList = option((2, 4, 8, 16), "Cell sizes k of the masks, in input pixels.", metavar="N,N,...")
+    n_masks: Int = option(3, "Disjoint masks per cell size (one U-Net pass each).")
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.method != "riad":
-            raise ConfigError(f"a RIAD config has method 'riad', got {self.method!r}")
-        self.ks = unsupervised.as_tuple(self.ks, int, "ks")
+    def check(self) -> None:
+        super().check()
         if not self.ks or any(k < 1 for k in self.ks):
-            raise ConfigError(f"ks must be a non-empty list of positive cell sizes, got {list(self.ks)}")
+            raise ValueError(f"ks must be a non-empty list of positive cell sizes, got {list(self.ks)}")
         if self.n_masks < 1:
-            raise ConfigError(f"n_masks must be at least 1, got {self.n_masks}")
-
-
-CONFIG_CLASS = RiadConfig
-SCORER = unsupervised.ReconstructionScorer
+            raise ValueError(f"n_masks must be at least 1, got {self.n_masks}")
 
 
 def inpaint(unet, x, masks):
     """``sum_i M_i * f(x * (1 - M_i))`` for disjoint masks ``n x H x W`` (True = hidden): one batched pass."""
-    n, (b, c, h, w) = masks.shape[0], x.shape
+    n, (c, h, w) = masks.shape[0], x.shape[1:]
     hidden = masks.to(dtype=x.dtype, device=x.device).view(1, n, 1, h, w)
-    out = unet((x.unsqueeze(1) * (1 - hidden)).reshape(b * n, c, h, w)).view(b, n, c, h, w)
+    out = unet((x.unsqueeze(1) * (1 - hidden)).reshape(-1, c, h, w)).view(-1, n, c, h, w)
     return (out * hidden).sum(1)
 
 
 class Riad(Reconstruction):
-    def __init__(self, config: RiadConfig, device):
-        super().__init__(config, device)
-        self._test_masks: dict[int, object] = {}
+    name = "riad"
+    summary = "Reconstruction by inpainting with random multi-masks, good images only (Zavrtanik et al.)"
+    Config = RiadConfig
 
     def unet_overrides(self) -> dict:
         from ..models import model_config
@@ -65,39 +54,23 @@ class Riad(Reconstruction):
         widths = self.config.model_overrides.get("widths") or model_config("unet", self.config.preset).widths
         return {"inference_skips": (True,) * (len(widths) - 1)}
 
-    def test_masks(self, k: int, height: int, width: int):
+    def setup(self, run_dir: Path, saved: dict | None) -> dict:
+        """The test masks: drawn once per k from ``(seed, k)`` at the input size, for every image."""
         from .masks import riad_masks
 
-        key = (k, height, width)
-        if key not in self._test_masks:
-            rng = np.random.default_rng([self.config.seed, 1000 + k])
-            self._test_masks[key] = riad_masks(height, width, k, self.config.n_masks, rng, device=self.device)
-        return self._test_masks[key]
+        width, height = self.config.input_size
+        self.test_masks = [riad_masks(height, width, k, self.config.n_masks, np.random.default_rng([self.config.seed, 1000 + k]), device=self.device)
+                           for k in self.config.ks]
+        return {}
 
-    def train_reconstruction(self, unet, x, indices, rng):
+    def hidden_reconstruction(self, x):
         from .masks import riad_masks
 
-        k = int(rng.choice(self.config.ks))
-        return inpaint(unet, x, riad_masks(x.shape[2], x.shape[3], k, self.config.n_masks, rng, device=x.device))
+        k = int(self.epoch_rng.choice(self.config.ks))
+        width, height = self.config.input_size
+        return inpaint(self.model, x, riad_masks(height, width, k, self.config.n_masks, self.epoch_rng, device=x.device))
 
-    def anomaly_map(self, unet, x):
+    def anomaly_map(self, x):
         from .reconstruction import msgms_map
 
-        h, w = x.shape[2:]
-        return sum(msgms_map(x, inpaint(unet, x, self.test_masks(k, h, w))) for k in self.config.ks)
-
-
-def fit(config: RiadConfig, out, resume: bool = False, on_step=None, log=print) -> Path:
-    return unsupervised.fit(config, out, Riad, resume=resume, on_step=on_step, log=log)
-
-
-def load_scorer(run_dir, device: str = "cpu", weights: str = runs.MODEL):
-    return unsupervised.load_scorer(run_dir, RiadConfig, Riad, device=device, weights=weights)
-
-
-def read_run_config(run_dir: Path):
-    return unsupervised.read_run_config(run_dir, RiadConfig)
-
-
-decision_threshold = unsupervised.decision_threshold
-run_threshold = unsupervised.run_threshold
+        return sum(msgms_map(x, inpaint(self.model, x, masks)) for masks in self.test_masks)

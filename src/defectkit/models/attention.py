@@ -21,13 +21,13 @@ Choices the description leaves open:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from defectkit.config import Int
 from defectkit.errors import ConfigError
 
 from .config import ModelConfig
@@ -36,7 +36,6 @@ from .registry import register_model
 __all__ = ["AttentionConfig", "AttentionNet", "PRESETS"]
 
 
-@dataclasses.dataclass(frozen=True)
 class AttentionConfig(ModelConfig):
     """Sizes of the attention classifier; the defaults are the paper's network.
 
@@ -48,18 +47,21 @@ class AttentionConfig(ModelConfig):
 
     label: ClassVar[str] = "attention config"
 
-    in_channels: int = 1
-    widths: tuple[int, ...] = (32, 32, 64, 64)
-    head_channels: int = 512
-    hidden: int = 128
-    num_classes: int = 10
+    in_channels: Int = 1
+    widths: tuple[Int, ...] = (32, 32, 64, 64)
+    head_channels: Int = 512
+    hidden: Int = 128
+    num_classes: Int = 10
 
     @property
     def output_stride(self) -> int:
         """Input pixels per attention cell along each axis."""
         return 2 ** (len(self.widths) // 2)
 
-    def validate(self) -> None:
+    def example_shape(self) -> tuple[int, int, int, int]:
+        return (1, self.in_channels, 28, 28)  # an MNIST digit
+
+    def check(self) -> None:
         for name in ("in_channels", "head_channels", "hidden", "num_classes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{self.label} option {name!r} must be positive, got {getattr(self, name)}")

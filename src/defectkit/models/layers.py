@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["FeatureNorm", "ConvBlock", "GradientMultiply", "gradient_multiply"]
+__all__ = ["FeatureNorm", "ConvBlock", "gradient_multiply"]
 
 
 class FeatureNorm(nn.Module):
@@ -100,25 +100,3 @@ def _check_factor(factor: float) -> float:
 def gradient_multiply(x: torch.Tensor, factor: float) -> torch.Tensor:
     """``x`` unchanged, with the gradient flowing back through it multiplied by ``factor``."""
     return _GradientMultiplyFn.apply(x, _check_factor(factor))
-
-
-class GradientMultiply(nn.Module):
-    """Module form of :func:`gradient_multiply`; ``factor`` may be changed between steps."""
-
-    def __init__(self, factor: float = 1.0):
-        super().__init__()
-        self.factor = factor
-
-    @property
-    def factor(self) -> float:
-        return self._factor
-
-    @factor.setter
-    def factor(self, value: float) -> None:
-        self._factor = _check_factor(value)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _GradientMultiplyFn.apply(x, self._factor)
-
-    def extra_repr(self) -> str:
-        return f"factor={self._factor}"

@@ -1,7 +1,7 @@
 """Model registry: build any network by name and preset, timm-style.
 
-A model registers its config class, module class and named presets once; the CLI, the
-trainer and :func:`~defectkit.models.hub.from_pretrained` then need only the name.
+A model registers its config class, module class and named presets once; the methods then
+need only the name, and :func:`model_from_config` rebuilds a model from a run folder's config.
 """
 
 from __future__ import annotations

@@ -25,25 +25,23 @@ Differences from the reference code, none of which changes a trained paper netwo
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from defectkit.config import Float, Int, Size
 from defectkit.errors import ConfigError
 
 from .config import ModelConfig
 from .layers import ConvBlock, FeatureNorm, gradient_multiply
 from .registry import register_model
 
-__all__ = ["SegDecConfig", "SegDecNet", "PRESETS", "upsample_heatmap"]
+__all__ = ["SegDecConfig", "SegDecNet", "PRESETS"]
 
 
-@dataclasses.dataclass(frozen=True)
 class SegDecConfig(ModelConfig):
     """Every size of a SegDecNet; the defaults are the paper's network.
 
@@ -58,19 +56,19 @@ class SegDecConfig(ModelConfig):
 
     label: ClassVar[str] = "segdec config"
 
-    in_channels: int = 1
-    seg_widths: tuple[int, ...] = (32, 64, 64, 64, 64, 64, 64, 64)
-    stage_depths: tuple[int, ...] = (1, 3, 4)
-    kernel: int = 5
-    volume_channels: int = 1024
-    volume_kernel: int = 15
-    decision_widths: tuple[int, ...] = (8, 16, 32)
-    decision_kernel: int = 5
-    norm_eps: float = 1e-3
+    in_channels: Int = 1
+    seg_widths: tuple[Int, ...] = (32, 64, 64, 64, 64, 64, 64, 64)
+    stage_depths: tuple[Int, ...] = (1, 3, 4)
+    kernel: Int = 5
+    volume_channels: Int = 1024
+    volume_kernel: Int = 15
+    decision_widths: tuple[Int, ...] = (8, 16, 32)
+    decision_kernel: Int = 5
+    norm_eps: Float = 1e-3
     norm_uses_variance: bool = False
     seg_bias: bool = True
-    gradient_adjustment: float = 0.0
-    input_size: tuple[int, int] = (512, 1408)
+    gradient_adjustment: Float = 0.0
+    input_size: Size = (512, 1408)
 
     @property
     def output_stride(self) -> int:
@@ -82,7 +80,11 @@ class SegDecConfig(ModelConfig):
         """Smallest height/width that leaves the last decision block at least one pixel."""
         return self.output_stride * 2 ** len(self.decision_widths)
 
-    def validate(self) -> None:
+    def example_shape(self) -> tuple[int, int, int, int]:
+        m = self.min_input_size
+        return (1, self.in_channels, 2 * m, m)
+
+    def check(self) -> None:
         def positive(name: str, values: Sequence[int]) -> None:
             if any(v < 1 for v in values):
                 raise ConfigError(f"{self.label} option {name!r} must be positive, got {getattr(self, name)!r}")
@@ -183,14 +185,6 @@ class SegDecNet(nn.Module):
     def output_stride(self) -> int:
         return self.config.output_stride
 
-    def segmentation_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the segmentation net (volume + seg head)."""
-        return [*self.volume.parameters(), *self.seg_head.parameters()]
-
-    def decision_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the decision net (its conv blocks + the final linear layer)."""
-        return [*self.decision.parameters(), *self.classifier.parameters()]
-
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != self.config.in_channels:
             raise ConfigError(
@@ -214,25 +208,6 @@ class SegDecNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"gradient_adjustment={self._gradient_adjustment}"
-
-
-def upsample_heatmap(seg_logits: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
-    """Defect probability per input pixel, ``(N, H, W)`` for ``size`` = (H, W) or an int.
-
-    Sigmoid first and bilinear resize second (half-pixel centres), which is what the reference
-    does with ``cv2.resize``; evaluation numbers depend on that order.
-    """
-    if seg_logits.dim() == 3:
-        seg_logits = seg_logits.unsqueeze(1)
-    if seg_logits.dim() != 4 or seg_logits.shape[1] != 1:
-        raise ValueError(f"seg_logits must be N x 1 x h x w or N x h x w, got {tuple(seg_logits.shape)}")
-    if isinstance(size, int):
-        size = (size, size)
-    size = tuple(int(s) for s in size)
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"size must be a positive (height, width), got {size}")
-    probs = torch.sigmoid(seg_logits.float())
-    return F.interpolate(probs, size=size, mode="bilinear", align_corners=False).squeeze(1)
 
 
 PRESETS: dict[str, SegDecConfig] = {

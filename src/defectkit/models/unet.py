@@ -28,7 +28,6 @@ He-normal (the re-implementation keeps PyTorch's default), which matters for ``n
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defectkit.config import Flags, Int
 from defectkit.errors import ConfigError
 
 from .config import ModelConfig
@@ -47,7 +47,6 @@ _OUTPUTS = ("sigmoid", "linear")
 _NORMS = ("batch", "none")
 
 
-@dataclasses.dataclass(frozen=True)
 class UNetConfig(ModelConfig):
     """Sizes and switches of the reconstruction U-Net; the defaults are the paper preset.
 
@@ -58,9 +57,9 @@ class UNetConfig(ModelConfig):
 
     label: ClassVar[str] = "unet config"
 
-    in_channels: int = 1
-    widths: tuple[int, ...] = (64, 128, 256, 512, 512)
-    inference_skips: tuple[bool, ...] = (False, False, True, True)
+    in_channels: Int = 1
+    widths: tuple[Int, ...] = (64, 128, 256, 512, 512)
+    inference_skips: Flags = (False, False, True, True)
     output: str = "sigmoid"
     norm: str = "batch"
 
@@ -73,7 +72,11 @@ class UNetConfig(ModelConfig):
         """Inputs are padded internally to a multiple of this."""
         return 2**self.depth
 
-    def validate(self) -> None:
+    def example_shape(self) -> tuple[int, int, int, int]:
+        side = 2 * self.size_multiple
+        return (1, self.in_channels, side, side)
+
+    def check(self) -> None:
         if self.in_channels < 1:
             raise ConfigError(f"{self.label} option 'in_channels' must be positive, got {self.in_channels}")
         if len(self.widths) < 2 or any(w < 1 for w in self.widths):

@@ -14,11 +14,11 @@ from ..errors import DataError, DefectkitError
 
 @dataclass
 class RunData:
-    """One evaluated run. ``raw`` is what decisions compare with ``threshold_raw``: segdec's
+    """One evaluated run. ``raw`` is what decisions compare with ``threshold_raw``: the
     logits (its probabilities can round to 1.0 and tie), the anomaly scores otherwise."""
 
     run_dir: Path
-    method: Any  # the registry's Method
+    method: Any  # the run's Method class
     saved: dict  # config.yaml as written
     config: Any  # the method's training config
     metrics: dict
@@ -84,7 +84,8 @@ def run_folders(folder: str | Path) -> tuple[list[Path], bool]:
 def load_run(run_dir: Path, data_root: str | Path | None = None) -> RunData:
     """Everything but images; the dataset is only listed (for the summary, masks and moved files)."""
     from ..evaluate.run_eval import read_predictions, read_test_split
-    from ..methods.registry import method_of_run, to_score
+    from ..methods.base import to_score
+    from ..methods.registry import method_of_run
 
     run_dir = Path(run_dir)
     missing = [f for f in (runs.METRICS, runs.PREDICTIONS) if not (run_dir / f).is_file()]
@@ -96,12 +97,12 @@ def load_run(run_dir: Path, data_root: str | Path | None = None) -> RunData:
     raw_is_logit = method.raw_is_logit
     threshold_raw = method.run_threshold(run_dir)
     threshold = float(to_score(threshold_raw, raw_is_logit))
-    config = method.read_run_config(run_dir)
+    config, saved = method.read_config(run_dir)
     log_path = run_dir / runs.TRAIN_LOG
     data = RunData(
         run_dir=run_dir,
         method=method,
-        saved=runs.read_yaml(run_dir / runs.CONFIG),
+        saved=saved,
         config=config,
         metrics=metrics,
         rows=rows,

@@ -10,7 +10,9 @@ import re
 from html import escape
 from typing import Any, Iterable
 
-CSS = """
+from ..charts import CHART_CSS
+
+CSS = CHART_CSS + """
 :root { --ink: #1a202c; --muted: #5a6474; --line: #d9dee6; --band: #f4f6f9; --accent: #2b6cb0; --bad: #c53030; }
 * { box-sizing: border-box; }
 body { margin: 0; font: 14px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--ink); background: #fff; }
@@ -36,16 +38,6 @@ pre { background: var(--band); padding: 10px; overflow: auto; font-size: 12px; }
 .row { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
 figure { margin: 0; }
 figcaption { color: var(--muted); font-size: 12px; max-width: 380px; }
-svg.chart { display: block; max-width: 100%; height: auto; font-family: inherit; }
-svg.chart .plot-area { fill: #fff; stroke: #8a94a3; }
-svg.chart .grid { stroke: #e6e9ee; }
-svg.chart .tick, svg.chart .legend { font-size: 11px; fill: var(--muted); }
-svg.chart .title { font-size: 13px; font-weight: 600; fill: var(--ink); }
-svg.chart .axis-label { font-size: 12px; fill: var(--ink); }
-svg.chart .series { fill: none; stroke-width: 2; }
-svg.chart .chance { stroke: #a0aec0; stroke-dasharray: 3 3; }
-svg.chart .bar { opacity: 0.8; }
-svg.chart .threshold { stroke-width: 2; stroke-dasharray: 5 3; }
 .gallery { display: flex; flex-wrap: wrap; gap: 14px; }
 .card { border: 1px solid var(--line); border-radius: 6px; padding: 8px; background: #fff; width: min-content; min-width: 240px; max-width: 100%; }
 .card .pictures { display: flex; gap: 6px; }

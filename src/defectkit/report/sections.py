@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
+from .. import charts
 from ..evaluate import metrics as M
-from . import charts
 from .data import RunData
 from .gallery import KINDS, Card
 from .html import anchor, details, esc, figure, fmt, heading, hint, note, num, row, side_by_side, table, text
@@ -61,7 +61,7 @@ SECTIONS = (("run", "Run"), ("metrics", "Metrics"), ("curves", "Curves"), ("deci
 def units(d: RunData) -> str:
     if d.raw_is_logit:
         return "Scores are defect probabilities; ranking and decisions use their logits (a probability can round to 1.0), shown beside."
-    return f"Scores are {d.method.name.upper()} anomaly scores (the maximum of the smoothed anomaly map); thresholds are in the same units."
+    return f"Scores are {d.method.name}'s {d.method.score_text}; thresholds are in the same units."
 
 
 def threshold_text(d: RunData) -> str:
@@ -144,25 +144,10 @@ def curves_section(d: RunData) -> str:
         blocks.append(note("PR and ROC curves need both good and defective images; the evaluated split has only one kind."))
     else:
         confusion = d.confusion()
-        precision, recall, _ = M.precision_recall_curve(d.labels, d.raw)
-        fpr, tpr, _ = M.roc_curve(d.labels, d.raw)
         n_good, n_defective = int((~d.labels).sum()), int(d.labels.sum())
-        point = "decision threshold"
-        ranked = f"ranked by {'logit' if d.raw_is_logit else 'anomaly score'}, {len(d.labels)} images"
-        blocks.append(figure(charts.line_chart(
-            [
-                charts.Series("PR curve", recall, precision, charts.ACCENT, step=True),
-                charts.Series(point, [confusion["recall"]], [confusion["precision"]], charts.THRESHOLD, markers=True),
-            ],
-            f"PR curve: AP {M.average_precision(d.labels, d.raw):.4f}", "recall", "precision", xlim=(0, 1), ylim=(0, 1.02),
-        ), ranked))
-        blocks.append(figure(charts.line_chart(
-            [
-                charts.Series("ROC curve", fpr, tpr, charts.GOOD),
-                charts.Series(point, [confusion["fp"] / n_good], [confusion["tp"] / n_defective], charts.THRESHOLD, markers=True),
-            ],
-            f"ROC curve: AUROC {M.roc_auc(d.labels, d.raw):.4f}", "false positive rate", "true positive rate", xlim=(0, 1), ylim=(0, 1.02), diagonal=True,
-        ), ranked))
+        ranked = f"ranked by {raw_axis(d)}, {len(d.labels)} images"
+        blocks.append(figure(charts.pr_chart(d.labels, d.raw, "PR curve", (confusion["recall"], confusion["precision"])), ranked))
+        blocks.append(figure(charts.roc_chart(d.labels, d.raw, "ROC curve", (confusion["fp"] / n_good, confusion["tp"] / n_defective)), ranked))
     blocks.append(figure(charts.histogram(
         [("good", d.raw[~d.labels], charts.GOOD), ("defective", d.raw[d.labels], charts.DEFECTIVE)],
         "Scores of good and defective images", raw_axis(d), threshold=d.threshold_raw, threshold_label="decision threshold",

@@ -39,7 +39,6 @@ from .images import BadInput, check_content_type, decode, header_size, heatmap_p
 FIELDS = ("files", "file")  # multipart field names that carry images
 MAX_FILES = 64  # images in one request
 REQUEST_PIXELS_FACTOR = 4  # a request's images together hold at most this many times max_pixels
-HEATMAP_KINDS = ("none", "overlay", "map")
 
 
 def _page() -> str:

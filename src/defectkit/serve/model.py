@@ -77,8 +77,8 @@ class ServedModel:
 
     def _describe(self) -> dict[str, Any]:
         p = self.predictor
-        threshold = {"score": p.threshold, "raw": p.threshold_raw, "raw_is_logit": self.method == "segdec",
-                     "rule": "defective when the raw score (segdec: the logit) >= threshold.raw"}
+        threshold = {"score": p.threshold, "raw": p.threshold_raw, "raw_is_logit": p.raw_is_logit,
+                     "rule": "defective when the raw score (the logit, for methods with one) >= threshold.raw"}
         info: dict[str, Any] = {"model_id": self.model_id, "backend": self.backend, "method": self.method, "path": self.path.name,
                                 "weights": self.weights.name, "channels": self.channels, "colour": "gray" if self.channels == 1 else "RGB",
                                 "heatmap_scale": self.heatmap_scale, "device": self.device if self.backend == "torch" else "cpu"}

@@ -9,11 +9,11 @@ from pydantic import BaseModel, Field
 
 class Result(BaseModel):
     filename: str
-    score: float = Field(description="segdec: defect probability; EAR/RIAD: anomaly score")
+    score: float = Field(description="the method's score: a defect probability (methods with a logit) or an anomaly score")
     decision: Literal["defective", "good"]
     defective: bool
     threshold: float = Field(description="decision threshold in the units of score")
-    logit: Optional[float] = Field(None, description="segdec's logit (the decision compares it with the raw threshold); null for EAR/RIAD")
+    logit: Optional[float] = Field(None, description="the decision logit (the decision compares it with the raw threshold); null for methods without one")
     width: int
     height: int
     heatmap_png: Optional[str] = Field(None, description="base64 PNG at the image's size, when heatmap=overlay or map was asked")

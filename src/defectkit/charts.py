@@ -1,5 +1,6 @@
-"""Charts as inline SVG written here: crisp at any zoom, a few kB each, and no plotting
-library to import or font to embed, so the report opens anywhere without a network."""
+"""Charts as SVG written here: crisp at any zoom, a few kB each, and no plotting library to
+import or font to embed. The report inlines them; evaluation writes the PR and ROC curves as
+standalone files (:func:`standalone`) with the same code."""
 
 from __future__ import annotations
 
@@ -14,6 +15,19 @@ WIDTH, HEIGHT = 380, 300
 LEFT, RIGHT, TOP, BOTTOM = 58, 16, 32, 46
 LEGEND_ROW = 18
 CHAR_WIDTH = 6.6  # rough width of one 11 px character, to lay out legends without a font
+
+CHART_CSS = """
+svg.chart { display: block; max-width: 100%; height: auto; font-family: inherit; }
+svg.chart .plot-area { fill: #fff; stroke: #8a94a3; }
+svg.chart .grid { stroke: #e6e9ee; }
+svg.chart .tick, svg.chart .legend { font-size: 11px; fill: #5a6474; }
+svg.chart .title { font-size: 13px; font-weight: 600; fill: #1a202c; }
+svg.chart .axis-label { font-size: 12px; fill: #1a202c; }
+svg.chart .series { fill: none; stroke-width: 2; }
+svg.chart .chance { stroke: #a0aec0; stroke-dasharray: 3 3; }
+svg.chart .bar { opacity: 0.8; }
+svg.chart .threshold { stroke-width: 2; stroke-dasharray: 5 3; }
+"""
 
 GOOD, DEFECTIVE, ACCENT, THRESHOLD = "#2b6cb0", "#c53030", "#2f855a", "#1a202c"
 LINE_COLOURS = ("#2b6cb0", "#c53030", "#2f855a", "#b7791f", "#6b46c1", "#319795")
@@ -199,3 +213,33 @@ def histogram(
         x = plot.sx(threshold)
         body.append(f'<line class="threshold" x1="{x:.1f}" y1="{plot.y0}" x2="{x:.1f}" y2="{plot.y1}" stroke="{THRESHOLD}"/>')
     return plot.svg(title, body)
+
+
+def pr_chart(labels: np.ndarray, scores: np.ndarray, title: str, point: tuple[float, float] | None = None, note: str = "decision threshold") -> str:
+    """The precision-recall curve (steps), with the operating ``point`` (recall, precision)."""
+    from .evaluate import metrics as M
+
+    precision, recall, _ = M.precision_recall_curve(labels, scores)
+    series = [Series("PR curve", recall, precision, ACCENT, step=True)]
+    if point is not None:
+        series.append(Series(note, [point[0]], [point[1]], THRESHOLD, markers=True))
+    return line_chart(series, f"{title}: AP {M.average_precision(labels, scores):.4f}", "recall", "precision", xlim=(0, 1), ylim=(0, 1.02))
+
+
+def roc_chart(labels: np.ndarray, scores: np.ndarray, title: str, point: tuple[float, float] | None = None, note: str = "decision threshold") -> str:
+    """The ROC curve with the chance diagonal and the operating ``point`` (FPR, TPR)."""
+    from .evaluate import metrics as M
+
+    fpr, tpr, _ = M.roc_curve(labels, scores)
+    series = [Series("ROC curve", fpr, tpr, GOOD)]
+    if point is not None:
+        series.append(Series(note, [point[0]], [point[1]], THRESHOLD, markers=True))
+    return line_chart(series, f"{title}: AUROC {M.roc_auc(labels, scores):.4f}", "false positive rate", "true positive rate", xlim=(0, 1), ylim=(0, 1.02), diagonal=True)
+
+
+def standalone(svg: str) -> str:
+    """A chart as an .svg file of its own: the namespace and the chart's stylesheet inside."""
+    head, rest = svg.split(">", 1)  # the <svg ...> tag (its attributes escape any ">")
+    head = head.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" ', 1)
+    style = CHART_CSS + "svg.chart { font-family: system-ui, sans-serif; }\n"
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n{head}><style>{style}</style>{rest}\n'
