@@ -279,13 +279,13 @@ def _train_command():
         """``train`` with the options of the method its command line names."""
 
         def parse_args(self, ctx, args):
-            from .methods.registry import get_method, method_names
+            from .methods.registry import DEFAULT_METHOD, get_method, method_names
 
             name = _method_for_args(args)
             try:
                 method_cls = get_method(name)
             except DefectkitError:
-                method_cls = get_method(_method_for_args([]))  # an unknown --method is reported by the callback
+                method_cls = get_method(DEFAULT_METHOD)  # an unknown --method is reported by the callback
             self.params = _train_params(method_cls) + _field_options(method_cls)
             try:
                 return super().parse_args(ctx, args)
@@ -317,7 +317,7 @@ def train(ctx: typer.Context):
 
 def _train(config_file, method, named, out, resume, evaluate, print_config, **fields):
     from .errors import ConfigError
-    from .methods.registry import DEFAULT_METHOD, get_method, make_config
+    from .methods.registry import DEFAULT_METHOD, make_config
     from .methods.trainer import resume_config
     from .runs import read_yaml
 

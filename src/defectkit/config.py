@@ -66,6 +66,7 @@ Size = Annotated[tuple[Int, Int], BeforeValidator(_size)]
 Flags = Annotated[tuple[bool, ...], BeforeValidator(_flags)]
 IntList = Annotated[tuple[Int, ...], BeforeValidator(_int_list)]
 
+
 def option(default: Any = None, description: str = "", *, cli: str | tuple[str, ...] | bool = True, resumable: bool = False, metavar: str | None = None, **kwargs: Any):
     """A config field: ``description`` is its one-line help. ``cli``: extra flags (``"--lr"``), or
     False for a YAML-only field. ``resumable``: ``train --resume`` may change it (it does not

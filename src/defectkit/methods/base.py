@@ -198,12 +198,17 @@ class Method:
         """Training items to keep decoded first (default: in order)."""
         return None
 
-    def epoch_batches(self, epoch: int, n: int) -> list[np.ndarray]:
-        """Index lists of one epoch, a pure function of (seed, epoch): a resumed run replays them."""
+    def epoch_order(self, epoch: int, n: int) -> np.ndarray:
+        """The training items of one epoch in order, a pure function of (seed, epoch): a resumed
+        run replays it. Default: a seeded permutation; its generator goes on drawing the epoch's
+        random choices (``epoch_rng``)."""
         self.epoch_rng = np.random.default_rng([self.config.seed, epoch])
-        order = self.epoch_rng.permutation(n)
-        size = self.config.batch_size
-        return [order[i : i + size] for i in range(0, n, size)]
+        return self.epoch_rng.permutation(n)
+
+    def epoch_batches(self, epoch: int, n: int) -> list[np.ndarray]:
+        """The epoch's order cut into batches of ``batch_size``."""
+        order, size = self.epoch_order(epoch, n), self.config.batch_size
+        return [order[i : i + size] for i in range(0, len(order), size)]
 
     def optimizer(self):
         """The optimiser of ``self.model``'s parameters, or None for a method fitted without gradients."""

@@ -184,10 +184,8 @@ class SegDec(Method):
     def cache_priority(self) -> list[int]:
         return np.argsort(~self.labels, kind="stable").tolist()  # every epoch uses every positive
 
-    def epoch_batches(self, epoch: int, n: int) -> list[np.ndarray]:
-        order = self.sampler.epoch(epoch)
-        size = self.config.batch_size
-        return [order[i : i + size] for i in range(0, len(order), size)]
+    def epoch_order(self, epoch: int, n: int) -> np.ndarray:
+        return self.sampler.epoch(epoch)  # every positive and as many negatives
 
     def optimizer(self):
         import torch

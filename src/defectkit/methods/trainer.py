@@ -244,7 +244,7 @@ class Trainer:
         validating = bool(config.validate_every) and any(val_labels) and not all(val_labels)
         method.prepare_training(samples, log)
         optimizer = method.optimizer()
-        saved = runs.read_yaml(out / runs.CONFIG) if start == "resume" else None
+        recorded, saved = self.cls.read_config(out) if start == "resume" else (None, None)
         extra = method.setup(out, saved)
         if start == "resume":
             state = load_checkpoint(out / runs.CHECKPOINT, method.model, optimizer)
@@ -252,7 +252,6 @@ class Trainer:
                 state["log"] = [r for r in runs.read_csv(out / runs.TRAIN_LOG) if int(r["epoch"]) <= state["epoch"]] if (out / runs.TRAIN_LOG).is_file() else []
             if config.epochs < state["epoch"] + 1:
                 raise ConfigError(f"{out}: the run has finished {state['epoch'] + 1} epochs already; --epochs must be at least that")
-            recorded = self.cls.read_config(out)[0]
             check_resumable(out, recorded, config)
             if ctx.main and recorded != config:
                 from .base import CONFIG_VERSION
