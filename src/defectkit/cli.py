@@ -76,25 +76,36 @@ def datasets_inspect(
     dataset: str = typer.Option(..., "--dataset", "-d", help="ksdd, ksdd2, dagm, severstal, folder or synthetic."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder holding the dataset (optional for synthetic)."),
     split: Optional[str] = typer.Option(None, "--split", help="Official split key (e.g. 33_33); default: the dataset's protocol split. 'all' shows only the totals."),
-    check: bool = typer.Option(True, "--check/--no-check", help="Decode every image and mask and compare their sizes."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Decode every image and mask, check masks, orphan masks and files missing against the split lists (the cheap checks always run)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the counts and every problem as JSON (kind, files, message per problem, counts per kind)."),
 ):
-    """Count images, defective and pixel-labelled images per split and fold, and check every file."""
+    """Count images per split and fold and audit the data: every problem, not the first (exit 1 if any)."""
+    import contextlib
+    import json
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
     from .data.inspect import inspect_dataset
 
     console = _console()
-    with Progress(TextColumn("checking files"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("check", total=None)
-        report = inspect_dataset(dataset, data_root, split, check, lambda i, n: bar.update(task, completed=i, total=n))
+    bar = contextlib.nullcontext() if as_json else Progress(TextColumn("checking files"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True)
+    with bar:
+        task = None if as_json else bar.add_task("check", total=None)
+        report = inspect_dataset(dataset, data_root, split, check, None if as_json else (lambda i, n: bar.update(task, completed=i, total=n)))
+    failed = bool(report.problems or any(f.error for f in report.folds))
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=1))
+        if failed:
+            raise typer.Exit(1)
+        return
     t = report.total
     console.print(f"{report.dataset} at {report.root}: {t.images} images, {t.defective} defective ({t.pixel_labelled} with pixel masks), {t.good} good")
+    fold_name = "class" if report.dataset == "dagm" else "fold"
     if report.folds:
         table = Table(title=f"split {report.split}" if report.split not in (None, "all") else "parts")
         for column in ("fold", "part", "images", "defective", "pixel-labelled", "good"):
             table.add_column(column, justify="right" if column not in ("part",) else "left")
-        fold_name = "class" if report.dataset == "dagm" else "fold"
         for summary in report.folds:
             label = "-" if summary.fold is None else f"{fold_name} {summary.fold}"
             for part, c in summary.parts.items():
@@ -104,12 +115,31 @@ def datasets_inspect(
         for summary in report.folds:
             if summary.error:
                 console.print(f"{fold_name} {summary.fold}: {summary.error}", markup=False)
-    if check:
-        for problem in report.problems:
-            console.print(f"problem: {problem}", markup=False)
-        status = "all files ok" if not report.problems else f"{len(report.problems)} problem(s)"
-        console.print(f"checked {report.checked} images and their masks: {status}")
-    if report.problems or any(f.error for f in report.folds):
+    for note in report.notes:
+        console.print(f"note: {note}", markup=False)
+    if report.problems:
+        shown_per_kind = 20  # a table of thousands of missing files helps nobody; --json lists every one
+        table = Table(title="problems")
+        for column in ("kind", "file", "problem"):
+            table.add_column(column, overflow="fold")
+        counts: dict[str, int] = {}
+        for p in report.problems:
+            counts[p.kind] = counts.get(p.kind, 0) + 1
+            if counts[p.kind] > shown_per_kind:
+                continue
+            first = p.files[0] if p.files else ""
+            text = (p.message.removeprefix(f"{first}: ") if first else p.message).replace(f"{report.root}{os.sep}", "")
+            files = [f.removeprefix(f"{report.root}{os.sep}") for f in p.files]
+            table.add_row(p.kind, "\n".join(files) or "-", text)
+        console.print(table)
+        for kind, n in counts.items():
+            if n > shown_per_kind:
+                console.print(f"... and {n - shown_per_kind} more {kind} (--json lists every one)")
+        console.print("problems: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+    status = "all files ok" if not report.problems else f"{len(report.problems)} problem(s)"
+    what = f"checked {report.checked} images and their masks" if check else "cheap checks only (--no-check)"
+    console.print(f"{what}: {status}")
+    if failed:
         raise typer.Exit(1)
 
 
@@ -386,19 +416,53 @@ def eval_command(
     _print_metrics(evaluate_run(run_dir, data_root=data_root, device=device, weights=weights), run_dir)
 
 
+def _overlay_names(inputs: list[tuple[Path, Path]]) -> list[Path]:
+    """One distinct overlay file (relative to --out) per (image, folder it was found under):
+    the image's path under that folder with ``_overlay.png`` for its suffix; where two would
+    share a name (``x.png`` and ``x.jpg``, or the same path under two inputs) the suffix is
+    kept, then the input's number is put in front."""
+    from collections import Counter
+
+    rel = [path.relative_to(base) if base != path else Path(path.name) for path, base in inputs]
+    candidates = [
+        [r.with_name(f"{r.stem}_overlay.png") for r in rel],
+        [r.with_name(f"{r.name.replace('.', '_')}_overlay.png") for r in rel],
+    ]
+    bases = list(dict.fromkeys(base for _, base in inputs))
+    candidates.append([Path(f"input{bases.index(base) + 1}") / c for c, (_, base) in zip(candidates[1], inputs)])
+    key = lambda name: name.as_posix().lower()  # noqa: E731 (case-insensitive: some file systems are)
+    counts = [Counter(key(n) for n in level) for level in candidates]
+    names: list[Path] = []
+    taken: set[str] = set()
+    for i in range(len(inputs)):
+        chosen = next((level[i] for level, count in zip(candidates, counts) if count[key(level[i])] == 1 and key(level[i]) not in taken), None)
+        n = 2
+        while chosen is None or key(chosen) in taken:
+            chosen = candidates[-1][i].with_name(f"{candidates[-1][i].stem}-{n}.png")
+            n += 1
+        taken.add(key(chosen))
+        names.append(chosen)
+    return names
+
+
 @app.command()
 def predict(
     run_dir: Path = typer.Argument(..., help="A trained run folder, or a model.onnx from defectkit export (onnxruntime, no torch)."),
     inputs: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for predictions.csv and the heatmap overlays."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for predictions.csv and the heatmap overlays (not a run folder)."),
     device: str = typer.Option("cpu", "--device"),
     batch_size: int = typer.Option(8, "--batch-size"),
+    weights: str = typer.Option("model.safetensors", "--weights", help="Weights file of the run folder (e.g. best.safetensors, when evaluated with eval --best)."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write one heatmap overlay PNG per image (the slowest part on big images)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace predictions.csv and overlays that an earlier predict wrote in --out."),
 ):
     """Score images with a trained run: predictions.csv (written as it goes) and heatmap overlays.
 
     Streams: the next batch is read while this one is scored, and rows reach predictions.csv
-    batch by batch, so memory stays bounded and an interrupted run keeps what it scored."""
+    batch by batch, so memory stays bounded and an interrupted run keeps what it scored.
+    Overlays mirror the inputs' folders. An image that cannot be read gets a row with its
+    error and no decision, and the command then exits with code 2: no part goes unchecked
+    without a word."""
     import csv
     import time
     from concurrent.futures import ThreadPoolExecutor
@@ -406,35 +470,48 @@ def predict(
     import cv2
     from rich.progress import Progress
 
-    from . import load
+    from . import load, runs
     from .data.imageio import read_image
     from .data.readers.common import is_image
-    from .errors import DataError
+    from .errors import ConfigError, DataError
+    from .files import refuse_existing
     from .infer.predictor import overlay
 
-    files: list[Path] = []
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    found: dict[Path, tuple[Path, Path]] = {}  # resolved path -> (path, the input folder it was found under)
     for item in inputs:
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if is_image(p))
+            listed = sorted(p for p in item.rglob("*") if is_image(p))
+            pairs = [(p, item) for p in listed]
         elif item.is_file():
-            files.append(item)
+            pairs = [(item, item)]
         else:
             raise DataError(f"{item}: no such file or folder")
-    if not files:
+        for path, base in pairs:
+            found.setdefault(path.resolve(), (path, base))  # an image given twice is scored once
+    if not found:
         raise DataError("no images found in the given inputs")
-    if batch_size < 1:
-        raise DataError(f"--batch-size must be at least 1, got {batch_size}")
-    predictor = load(run_dir, device=device)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: is a file; --out must be a folder")
+    if (out / runs.CONFIG).is_file():
+        raise DataError(f"{out}: is a run folder (its predictions.csv is the evaluation's); choose another --out")
+    pairs = list(found.values())
+    files = [path for path, _ in pairs]
+    names = _overlay_names(pairs) if overlays else []
+    refuse_existing([out / "predictions.csv", *(out / n for n in names)], overwrite)
+    predictor = load(run_dir, device=device, weights=weights) if run_dir.suffix != ".onnx" else load(run_dir, device=device)
     out.mkdir(parents=True, exist_ok=True)
+    overlay_of = dict(zip(files, names))
 
     def read_batch(paths):
-        batch, skipped = [], []
+        batch, failed = [], []
         for path in paths:
             try:
                 batch.append((path, read_image(path, predictor.channels)))
             except DataError as exc:
-                skipped.append(str(exc))
-        return batch, skipped
+                failed.append((path, str(exc)))
+        return batch, failed
 
     batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
     scored, flagged, skipped = 0, 0, []
@@ -442,29 +519,36 @@ def predict(
     console = _console()
     with open(out / "predictions.csv", "w", newline="") as handle, ThreadPoolExecutor(1) as reader, Progress(console=console, transient=True) as bar:
         writer = csv.writer(handle)
-        writer.writerow(["image", "score", "logit", "decision"])
+        writer.writerow(["image", "score", "logit", "decision", "overlay", "error"])
         task = bar.add_task("predicting", total=len(files))
         pending = reader.submit(read_batch, batches[0])
         for index, paths in enumerate(batches):
             batch, bad = pending.result()
             if index + 1 < len(batches):
                 pending = reader.submit(read_batch, batches[index + 1])
-            skipped += bad
             predictions = predictor.predict_batch([array for _, array in batch]) if batch else []
             for (path, array), p in zip(batch, predictions):
-                writer.writerow([str(path), repr(p.score), "" if p.logit is None else repr(p.logit), int(p.decision)])
-                if overlays:
+                name = overlay_of.get(path)
+                if name is not None:
                     picture = overlay(array, p.heatmap, scale=predictor.heatmap_scale)
-                    cv2.imwrite(str(out / f"{path.stem}_overlay.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+                    (out / name).parent.mkdir(parents=True, exist_ok=True)
+                    if not cv2.imwrite(str(out / name), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
+                        raise DataError(f"{out / name}: cannot write the overlay")
+                writer.writerow([str(path), repr(p.score), "" if p.logit is None else repr(p.logit), int(p.decision), "" if name is None else name.as_posix(), ""])
+            for path, message in bad:
+                writer.writerow([str(path), "", "", "", "", message])
             handle.flush()
+            skipped += [message for _, message in bad]
             scored += len(batch)
             flagged += sum(p.decision for p in predictions)
             bar.advance(task, len(paths))
     elapsed = time.perf_counter() - started
-    for line in skipped:
-        console.print(f"skipped: {line}", markup=False)
     console.print(f"{scored} images, {flagged} defective at threshold {predictor.threshold:.4f}; {scored / elapsed:.1f} images/s")
-    console.print(f"wrote {out / 'predictions.csv'}" + (f" and {scored} overlays" if overlays else ""))
+    console.print(f"wrote {out / 'predictions.csv'}" + (f" and {scored} overlays" if overlays else ""), markup=False)
+    if skipped:  # one line per image left without a decision
+        for line in skipped:
+            print(f"error: {line}; no decision (its row in predictions.csv says so)", file=sys.stderr)
+        raise typer.Exit(2)
 
 
 @app.command("export")
@@ -474,6 +558,7 @@ def export_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Model file to write (default RUN_DIR/model.onnx); the sidecar goes beside it as FILE.json."),
     weights: str = typer.Option("model.safetensors", "--weights", help="Weights file in the run folder (e.g. best.safetensors)."),
     check: bool = typer.Option(True, "--check/--no-check", help="Compare onnxruntime with PyTorch on test images; refuse to write on a mismatch."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the model file and sidecar an earlier export wrote."),
 ):
     """Export a run as one ONNX model taking uint8 pixels of any size: resize, scaling, score and heatmap inside."""
     from .errors import ConfigError
@@ -483,7 +568,7 @@ def export_command(
         raise ConfigError(f"unknown export format {format!r}; available: onnx")
     console = _console()
     with console.status("exporting (tracing the model takes a while)"):
-        export_onnx(run_dir, out, weights=weights, check=check, log=lambda m: console.print(m, markup=False))
+        export_onnx(run_dir, out, weights=weights, check=check, log=lambda m: console.print(m, markup=False), overwrite=overwrite)
 
 
 @app.command("report")
@@ -493,13 +578,14 @@ def report_command(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where the dataset is now, if it moved (for the gallery's images and masks)."),
     gallery: int = typer.Option(6, "--gallery", help="Images per gallery group (worst false positives, worst false negatives, true detections); 0: none."),
     device: str = typer.Option("cpu", "--device"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the HTML file an earlier report wrote."),
 ):
     """One self-contained HTML report: config, data, metrics, curves, histograms, confusion counts, gallery, training curves."""
     from .report import write_report
 
     console = _console()
     with console.status("writing the report (scoring the gallery images)"):
-        path = write_report(run_dir, out, data_root=data_root, device=device, gallery_size=gallery, log=lambda m: None)
+        path = write_report(run_dir, out, data_root=data_root, device=device, gallery_size=gallery, log=lambda m: None, overwrite=overwrite)
     console.print(f"report: {path} (open it in a browser; it needs no network)", markup=False)
 
 
@@ -507,20 +593,27 @@ def report_command(
 def serve_command(
     model: Path = typer.Argument(..., help="A trained run folder (PyTorch), or a model.onnx from defectkit export (onnxruntime)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface; the service has no authentication)."),
-    port: int = typer.Option(8000, "--port"),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda (run folders only)."),
+    port: int = typer.Option(8000, "--port", help="TCP port, 1-65535; one already in use is an error before the model loads."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (run folders only)."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest request body accepted (413 beyond)."),
     max_pixels: int = typer.Option(40_000_000, "--max-pixels", help="Largest image accepted, in pixels, read from its header before decoding (413 beyond)."),
+    max_pixels_in_flight: Optional[int] = typer.Option(None, "--max-pixels-in-flight", help="Decoded pixels all requests together may hold at once; this bounds memory, as a small upload can decode to a huge picture. Requests beyond it wait, then get 503 busy with Retry-After. Default: 4 x --max-pixels."),
+    body_timeout_s: float = typer.Option(30.0, "--body-timeout-s", help="Seconds a request's whole body may take to arrive; a stalled upload gets 408 and its connection closed."),
+    queue_timeout_s: float = typer.Option(10.0, "--queue-timeout-s", help="Seconds a request waits for room in the pixel budget before 503 busy."),
     max_batch: int = typer.Option(8, "--max-batch", help="Images scored together when requests arrive at once."),
     batch_wait_ms: float = typer.Option(5.0, "--batch-wait-ms", help="How long a batch waits for more images."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Compute threads of the model (default: one per core)."),
+    weights: str = typer.Option("model.safetensors", "--weights", help="Weights file of the run folder (e.g. best.safetensors, when evaluated with eval --best)."),
 ):
-    """HTTP inference service: POST /predict, GET /health, GET /model, API docs at /docs, a web page at /."""
+    """HTTP inference service: POST /predict, GET /health (503 once the model gives a NaN score), GET /model, API docs at /docs, a web page at /."""
     from .serve import serve
 
-    _console(stderr=True).print(f"serving {model} on http://{host}:{port}/ (docs: /docs; Ctrl-C stops)", markup=False)
+    def announce():  # once the options, the port and the model have passed: a bad one is one error line only
+        _console(stderr=True).print(f"serving {model} on http://{host}:{port}/ (docs: /docs; Ctrl-C stops)", markup=False)
+
     serve(model, host=host, port=port, device=device, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
-          max_batch=max_batch, batch_wait_ms=batch_wait_ms, threads=threads)
+          max_batch=max_batch, batch_wait_ms=batch_wait_ms, threads=threads, max_pixels_in_flight=max_pixels_in_flight,
+          body_timeout_s=body_timeout_s, queue_timeout_s=queue_timeout_s, announce=announce, weights=weights)
 
 
 @app.command("threshold")
@@ -531,6 +624,7 @@ def threshold_command(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where the dataset is now, if it moved (to score the validation split)."),
     device: str = typer.Option("cpu", "--device"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what the policy gives without storing it."),
+    weights: str = typer.Option("model.safetensors", "--weights", help="Weights file the threshold is for (e.g. best.safetensors); predict, export and serve use it with these weights only."),
 ):
     """Set the run's production decision threshold by a policy; predict, export and serve then use it."""
     from rich.table import Table
@@ -539,7 +633,7 @@ def threshold_command(
 
     console = _console()
     result = set_threshold(run_dir, policy, split=split, data_root=data_root, device=device, write=not dry_run,
-                           log=lambda m: _console(stderr=True).print(m, markup=False))
+                           log=lambda m: _console(stderr=True).print(m, markup=False), weights=weights)
     table = Table(title=f"{policy} on the {result['split']} split ({result['n_images']} images, {result['n_defective']} defective)")
     for column in ("threshold", "TP", "FP", "FN", "TN", "recall", "false-positive rate", "precision"):
         table.add_column(column, justify="right")
@@ -553,25 +647,52 @@ def threshold_command(
         console.print(f"stored in {run_dir / 'threshold.json'}; predict and serve use it now (re-export ONNX models to carry it)", markup=False)
 
 
-@app.command()
-def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run folder to create (replaced if it holds an earlier demo)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the demo's epochs."),
-    size: int = typer.Option(128, "--size", help="Image side of the synthetic data and the network input."),
-):
-    """The main job on a fresh machine: synthetic data -> train a small network on CPU -> evaluate -> HTML report."""
+def _demo_folder(out: Optional[Path], overwrite: bool) -> Path:
+    """The demo's run folder: a free one by default; a given one that is taken only with
+    ``overwrite``, and only when it holds a run's files alone (nothing else is deleted)."""
     import shutil
 
+    from . import runs
+    from .errors import DataError
+    from .methods.trainer import LOCK_FILE
+
+    if out is None:
+        out, n = Path("runs/demo"), 2
+        while out.exists() and (not out.is_dir() or any(out.iterdir())):
+            out, n = Path(f"runs/demo-{n}"), n + 1
+        return out
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return out
+    if not out.is_dir():
+        raise DataError(f"{out}: is a file; --out must be a folder")
+    if not overwrite:
+        raise DataError(f"{out}: already holds files; pass --overwrite to replace an earlier run there, or choose another --out")
+    known = {runs.CONFIG, runs.MODEL, runs.BEST, runs.CHECKPOINT, runs.TRAIN_LOG, runs.METRICS, runs.PREDICTIONS,
+             runs.PR_CURVE, runs.ROC_CURVE, runs.THRESHOLD, LOCK_FILE, "report.html", "model.onnx", "model.onnx.json"}
+    others = sorted(p.name for p in out.iterdir() if p.name not in known)
+    if not (out / runs.CONFIG).is_file() or others:
+        raise DataError(f"{out}: is not only a run folder (holds {', '.join(others[:3]) or 'no config.yaml'}); --overwrite replaces run folders only; choose another --out")
+    shutil.rmtree(out)
+    return out
+
+
+@app.command()
+def demo(
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder to create [default: runs/demo, or runs/demo-2, ... when taken]."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the demo's epochs."),
+    size: int = typer.Option(128, "--size", help="Image side of the synthetic data and the network input."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run folder --out names when it holds an earlier run (and nothing else)."),
+):
+    """The main job on a fresh machine: synthetic data -> train a small network on CPU -> evaluate -> HTML report."""
     from .data.readers.synthetic import default_root
     from .data.synthetic import DEMO_COUNTS, generate
     from .evaluate.run_eval import evaluate_run
     from .methods.registry import DEFAULT_METHOD, get_method
 
+    out = _demo_folder(out, overwrite)
     data_root = default_root().with_name(f"synthetic-demo-{size}")
     _console().print(f"generating the synthetic demo data in {data_root} (reused when already there)")
     generate(data_root, size=(size, size), **DEMO_COUNTS)
-    if (out / "config.yaml").is_file():
-        shutil.rmtree(out)
     method = get_method(DEFAULT_METHOD)
     values = dict(method.demo or {})
     named = values.pop("config", None)
@@ -654,7 +775,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and not _out_of_memory(str(exc)):
+            raise
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        print(f"error: out of memory ({first[:200]}); use a smaller --input-size or --batch-size", file=sys.stderr)
+        return 2
     return 0
+
+
+def _out_of_memory(message: str) -> bool:
+    """Whether a RuntimeError is PyTorch failing to allocate (CPU or CUDA)."""
+    return any(text in message for text in ("can't allocate memory", "out of memory", "CUDA out of memory", "not enough memory"))
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ is expected. Options a command line may set are found from the fields themselves
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 
@@ -62,7 +63,24 @@ def _int_list(value: Any) -> Any:
 
 Int = Annotated[int, BeforeValidator(_no_bool)]
 Float = Annotated[float, BeforeValidator(_no_bool)]
-Size = Annotated[tuple[Int, Int], BeforeValidator(_size)]
+# a network input beyond this would need tens of GB for its activations: refused at once,
+# not after minutes of allocating (the papers' largest is 1600x256; KolektorSDD 512x1408)
+MAX_INPUT_PIXELS = 4096 * 4096
+MAX_INPUT_SIDE = 16384
+
+
+def _check_size(value: tuple[int, int]) -> tuple[int, int]:
+    width, height = value
+    if width < 1 or height < 1:
+        raise ValueError(f"width and height must be positive, got {width}x{height}")
+    if max(width, height) > MAX_INPUT_SIDE:
+        raise ValueError(f"{width}x{height} has a side over {MAX_INPUT_SIDE:,} pixels; resize the images down")
+    if width * height > MAX_INPUT_PIXELS:
+        raise ValueError(f"{width}x{height} is {width * height:,} pixels, more than the {MAX_INPUT_PIXELS:,} (4096x4096) a network input may have; resize the images down")
+    return value
+
+
+Size = Annotated[tuple[Int, Int], BeforeValidator(_size), AfterValidator(_check_size)]
 Flags = Annotated[tuple[bool, ...], BeforeValidator(_flags)]
 IntList = Annotated[tuple[Int, ...], BeforeValidator(_int_list)]
 
@@ -87,15 +105,17 @@ def format_errors(error: ValidationError, label: str, source: Mapping[str, str] 
             unknown.append(loc)
             continue
         message = e.get("msg", "invalid").removeprefix("Value error, ").replace("Input should be", "expected")
-        if not parts:  # a cross-field check: its message names the fields
-            lines.append(message)
+        if not parts:  # a cross-field check: its message names the fields, and so where they were given
+            wheres = sorted({where for name, where in (source or {}).items() if re.search(rf"\b{re.escape(name)}\b", message)})
+            lines.append(f"{', '.join(wheres) + ': ' if wheres else ''}{message}")
             continue
         where = (source or {}).get(str(parts[0]))
         got = e.get("input")
         shown = "" if isinstance(got, Mapping) or "got " in message else f" (got {got!r})"
         lines.append(f"{where + ': ' if where else ''}{loc}: {message[:1].lower() + message[1:]}{shown}")
     if unknown:
-        lines.insert(0, f"unknown {label} option(s) {', '.join(unknown)}")
+        wheres = sorted({(source or {}).get(name) for name in unknown} - {None})
+        lines.insert(0, f"{', '.join(wheres) + ': ' if wheres else ''}unknown {label} option(s) {', '.join(unknown)}")
     return "; ".join(lines)
 
 

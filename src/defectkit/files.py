@@ -95,4 +95,30 @@ def load_weights(model, path: Path, config_name: str = "the model config") -> No
                 f"weights {path} do not match {config_name}: tensor {key!r} has shape "
                 f"{list(tensors[key].shape)} in the file but the config needs {list(ref.shape)}"
             )
+    check_finite(tensors, path)
     model.load_state_dict(tensors, strict=True)
+
+
+def check_finite(tensors: dict, path: Path) -> None:
+    """Refuse weights holding NaN or infinity: such a model scores NaN, and a NaN compared with
+    a threshold is "good" (every image would pass)."""
+    import torch
+
+    broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise DataError(f"{path}: weights hold NaN or infinite values in {len(broken)} tensor(s) ({_some(broken)}); the model cannot be used")
+
+
+def refuse_existing(paths, overwrite: bool = False) -> None:
+    """Check, before any work, that writing ``paths`` loses nothing: a folder where a file goes
+    is refused, and so is a file already there unless the user asked to ``overwrite``."""
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        if path.is_dir():
+            raise DataError(f"{path}: is a folder; give the name of a file to write")
+        if path.parent.exists() and not path.parent.is_dir():
+            raise DataError(f"{path.parent}: is a file, not a folder")
+    existing = [p for p in paths if p.exists() or p.is_symlink()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more file(s) this would write)" if len(existing) > 1 else ""
+        raise DataError(f"{existing[0]}: already exists{more}; pass --overwrite to replace it, or write elsewhere")

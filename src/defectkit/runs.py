@@ -16,15 +16,18 @@ checkpoint.safetensors the resume point, written after every epoch: weights
                        torch's random state and, in its metadata, the trainer's
                        state (epoch, best validation AP, the logged epochs)
 threshold.json         the decision threshold every predictor, export and service of
-                       the run uses (raw-score units: ``value``) with its ``source``;
+                       the run uses (raw-score units: ``value``) with its ``source``
+                       and the ``weights`` (file name and sha256) it was set for;
                        written when training ends if the method's rule needs no
                        test split (validation, or a quantile of good images), and by
                        ``defectkit threshold --policy``. Without it the run decides at
-                       metrics.json's decision threshold (or the method's fallback)
+                       metrics.json's decision threshold; with neither, or with one
+                       made for other weights, predictors refuse to load
 train_log.csv          one row per epoch: the method's losses, validation AP, seconds
 metrics.json           test metrics (ap, auroc, threshold, fp, fn, fp_at_fn0, ...,
-                       decision_threshold and threshold_source; pixel_auroc,
-                       pixel_ap, aupro when test masks exist)
+                       decision_threshold and threshold_source, the weights it
+                       evaluated (name and sha256); pixel_auroc, pixel_ap, aupro
+                       when test masks exist)
 predictions.csv        image, label, score, decision on the evaluated split
 pr_curve.svg           precision-recall curve of the evaluated split
 roc_curve.svg          ROC curve of the evaluated split
@@ -43,11 +46,12 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import DataError
-from .files import atomic_write, load_weights, read_metadata, save_weights  # noqa: F401 (the run folder's API)
+from .files import atomic_write, check_finite, load_weights, read_metadata, save_weights, sha256  # noqa: F401 (the run folder's API)
 
 CONFIG = "config.yaml"
 MODEL = "model.safetensors"
@@ -61,14 +65,99 @@ ROC_CURVE = "roc_curve.svg"
 THRESHOLD = "threshold.json"
 
 
-def stored_threshold(run_dir: Path) -> dict | None:
-    """threshold.json of the run, when it has one."""
+class StaleRecord(DataError):
+    """A threshold or evaluation recorded for weights that have changed since."""
+
+
+def weights_record(run_dir: Path, weights: str = MODEL) -> dict[str, str]:
+    """What a threshold or an evaluation records of the weights it was made with: their file
+    name and sha256, so a record is never applied to other weights."""
+    return {"weights": weights, "weights_sha256": sha256(Path(run_dir) / weights)}
+
+
+def _json_object(path: Path) -> dict:
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _finite_field(path: Path, data: dict, key: str) -> float:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DataError(f"{path}: field {key!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _made_with(path: Path, data: dict, run_dir: Path, weights: str) -> bool:
+    """Whether record ``data`` (read from ``path``) was made with ``weights`` of the run: False
+    when it names another weights file; :class:`StaleRecord` when the file has changed since.
+    Records written before weights were recorded are of model.safetensors."""
+    recorded = data.get("weights", MODEL)
+    if not isinstance(recorded, str):
+        raise DataError(f"{path}: field 'weights' must be a file name, got {recorded!r}")
+    if recorded != weights:
+        return False
+    digest = data.get("weights_sha256")
+    if digest is not None and digest != sha256(Path(run_dir) / weights):
+        redo = f"defectkit threshold {run_dir} --policy {data['policy']}" if path.name == THRESHOLD and data.get("policy") else f"defectkit eval {run_dir}" + (" --best" if weights == BEST else "")
+        raise StaleRecord(f"{path}: was made for earlier weights than the current {weights} (trained further since); run `{redo}` again")
+    return True
+
+
+def stored_threshold(run_dir: Path, weights: str = MODEL) -> dict | None:
+    """threshold.json of the run when it was set for ``weights`` (None when there is none, or it
+    is for another weights file); a malformed one is a :class:`DataError`, a stale one a
+    :class:`StaleRecord`."""
     path = Path(run_dir) / THRESHOLD
-    return read_json(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    data = _json_object(path)
+    if not _made_with(path, data, run_dir, weights):
+        return None
+    _finite_field(path, data, "value")
+    if not isinstance(data.get("source"), str):
+        raise DataError(f"{path}: field 'source' must be a text, got {data.get('source')!r}")
+    return data
+
+
+def decision_threshold(run_dir: Path, weights: str = MODEL, key: str = "decision_threshold") -> dict:
+    """The decision threshold (raw units) every predictor of ``weights`` uses, with where it
+    comes from: ``{"value", "source", "file"}``. threshold.json when it was set for these
+    weights, else metrics.json's ``key`` when the run was evaluated with them; anything else
+    (missing, malformed, for other or earlier weights) is refused, naming the file: a guessed
+    threshold would pass defective parts."""
+    run_dir = Path(run_dir)
+    stored = stored_threshold(run_dir, weights)
+    if stored is not None:
+        return {**stored, "value": float(stored["value"]), "file": THRESHOLD}
+    path = run_dir / METRICS
+    if not path.is_file():
+        raise DataError(f"{run_dir}: no decision threshold for {weights} ({THRESHOLD} and {METRICS} are missing); run `defectkit eval {run_dir}`" + (" --best" if weights == BEST else "") + " or set one with `defectkit threshold`")
+    data = _json_object(path)
+    if not _made_with(path, data, run_dir, weights):
+        evaluated = data.get("weights")
+        raise DataError(f"{path}: the run was evaluated with {evaluated}, not {weights}: use --weights {evaluated}, or run `defectkit eval {run_dir}`" + (" --best" if weights == BEST else ""))
+    source = data.get("threshold_source")
+    return {"value": _finite_field(path, data, key), "source": source if isinstance(source, str) else "evaluation", "file": METRICS}
+
+
+def _non_finite(data: Any, where: str = "") -> list[str]:
+    if isinstance(data, float):
+        return [] if math.isfinite(data) else [where or "value"]
+    if isinstance(data, dict):
+        return [bad for k, v in data.items() for bad in _non_finite(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(data, (list, tuple)):
+        return [bad for i, v in enumerate(data) for bad in _non_finite(v, f"{where}[{i}]")]
+    return []
 
 
 def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, (json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n").encode())
+    """Atomically; a NaN or infinity is refused (a run's numbers are finite or not written)."""
+    bad = _non_finite(data)
+    if bad:
+        raise DataError(f"{path}: refusing to write non-finite value(s) in {', '.join(bad[:5])}")
+    atomic_write(path, (json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
 
 
 def read_json(path: Path) -> Any:
@@ -76,6 +165,8 @@ def read_json(path: Path) -> Any:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read it ({exc})") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
 
@@ -141,12 +232,20 @@ def write_csv(path: Path, header: list[str], rows: Iterable[Iterable[Any]]) -> N
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    try:
+        with open(path, newline="") as handle:
+            return list(csv.DictReader(handle))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read it as CSV ({exc})") from None
 
 
 def require_run(run_dir: Path, *files: str) -> Path:
     run_dir = Path(run_dir)
+    for name in files:
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise DataError(f"{name!r}: not a file name; name a file inside the run folder (e.g. {BEST})")
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: run folder not found")
     missing = [f for f in (CONFIG, *files) if not (run_dir / f).is_file()]

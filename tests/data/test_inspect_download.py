@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import zipfile
 
 import pytest
@@ -42,9 +43,14 @@ def test_inspect_reports_broken_files(tmp_path, run_cli):
     write(root / "kos04" / "Part3_label.bmp", mask(10, 10))  # wrong size, still defective
     code, out, _ = run_cli("datasets", "inspect", "--dataset", "ksdd", "--data-root", root, "--split", "all")
     assert code == 1
-    assert "kos03/Part1.jpg: unreadable image" in out.replace("\n", "")
-    assert "kos04/Part3_label.bmp: mask is 10x10 but its image is 16x24" in out.replace("\n", "")
-    assert "2 problem(s)" in out
+    assert "problems: 1 unreadable, 1 mask_size" in out and "2 problem(s)" in out
+    code, out, _ = run_cli("datasets", "inspect", "--dataset", "ksdd", "--data-root", root, "--split", "all", "--json")
+    assert code == 1
+    report = json.loads(out)
+    assert report["problem_counts"] == {"unreadable": 1, "mask_size": 1}
+    messages = {p["kind"]: p["message"] for p in report["problems"]}
+    assert messages["unreadable"].startswith(f"{root / 'kos03' / 'Part1.jpg'}: unreadable image")
+    assert messages["mask_size"] == f"{root / 'kos04' / 'Part3_label.bmp'}: mask is 10x10 but its image Part3.jpg is 16x24"
 
 
 def test_cli_user_errors_are_one_line(tmp_path, run_cli):

@@ -257,3 +257,64 @@ def test_synthetic_through_the_registry(tmp_path, monkeypatch, run_cli):
     assert len(small) == 140 and str(small[0].image_path).startswith(str(tmp_path / "small"))
     code, out, _ = run_cli("datasets", "inspect", "--dataset", "synthetic")
     assert code == 0 and f"synthetic at {tmp_path / 'cache' / 'synthetic'}: 140 images, 50 defective" in out
+
+
+# --- folder: masks matched by stem must belong to one image ------------------------------
+
+
+@pytest.mark.parametrize(
+    "images, mask_at",
+    [
+        (["defective/x.png", "defective/x.jpg"], "masks/x.png"),  # same stem, two suffixes
+        (["defective/cam1/img.png", "defective/cam2/img.png"], "masks/img.png"),  # nested folders
+        (["train/defective/x.png", "test/defective/x.png"], "masks/x.png"),  # two splits, one root mask
+    ],
+)
+def test_folder_refuses_a_mask_two_images_match(tmp_path, images, mask_at):
+    for i, name in enumerate(images):
+        write(tmp_path / name, image(seed=i))
+    write(tmp_path / mask_at, mask())
+    with pytest.raises(DataError) as caught:
+        read_folder(tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{tmp_path / mask_at}: mask matched by file stem to both")
+    assert all(str(tmp_path / name) in message for name in images)
+
+
+def test_folder_masks_that_name_one_image_are_fine(tmp_path):
+    # nested masks mirror the image folders; split masks folders win over masks/
+    write(tmp_path / "train" / "defective" / "cam1" / "img.png", image(seed=1))
+    write(tmp_path / "train" / "defective" / "cam2" / "img.png", image(seed=2))
+    write(tmp_path / "masks" / "cam1" / "img.png", mask())
+    write(tmp_path / "masks" / "cam2" / "img_mask.png", mask())
+    write(tmp_path / "test" / "defective" / "x.png", image(seed=3))
+    write(tmp_path / "train" / "defective" / "x.png", image(seed=4))
+    write(tmp_path / "test" / "masks" / "x.png", mask())
+    write(tmp_path / "train" / "masks" / "x.png", mask())
+    by_name = {s.name: s.mask_path for s in read_folder(tmp_path)}
+    assert by_name == {
+        "train/defective/cam1/img": tmp_path / "masks" / "cam1" / "img.png",
+        "train/defective/cam2/img": tmp_path / "masks" / "cam2" / "img_mask.png",
+        "train/defective/x": tmp_path / "train" / "masks" / "x.png",
+        "test/defective/x": tmp_path / "test" / "masks" / "x.png",
+    }
+
+
+def test_folder_csv_names_masks_explicitly(tmp_path):
+    write(tmp_path / "a" / "x.png", image(seed=1))
+    write(tmp_path / "b" / "x.png", image(seed=2))
+    write(tmp_path / "masks" / "x.png", mask())
+    write(tmp_path / "m" / "bx.png", mask())
+    (tmp_path / "labels.csv").write_text("image,label,split,mask\na/x.png,defective,train,masks/x.png\nb/x.png,defective,test,m/bx.png\n")
+    assert [s.mask_path for s in read_folder(tmp_path)] == [tmp_path / "masks" / "x.png", tmp_path / "m" / "bx.png"]
+    (tmp_path / "labels.csv").write_text("image,label,split,mask\na/x.png,defective,train,\nb/x.png,defective,test,\n")
+    with pytest.raises(DataError, match=r"masks/x.png: mask matched by file stem to both .*a/x.png and .*b/x.png; .*labels.csv"):
+        read_folder(tmp_path)
+
+
+def test_folder_refuses_two_masks_for_one_image(tmp_path):
+    write(tmp_path / "defective" / "x.png", image())
+    write(tmp_path / "masks" / "x.png", mask())
+    write(tmp_path / "masks" / "x.bmp", mask())
+    with pytest.raises(DataError, match=r"defective/x.png: matches 2 mask files \(.*x.bmp, .*x.png\)"):
+        read_folder(tmp_path)

@@ -131,7 +131,11 @@ def test_dry_run_stores_nothing(run, run_cli):
 def test_validation_split_is_scored_by_the_model(trained, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(trained[1], data)
-    shutil.copytree(data / "test", data / "validation")
+    # a validation split of other images (copies of the test images would be refused as a leak),
+    # with its own masks/ (masks shared by stem with the test images would be ambiguous)
+    other = generate(data.parent / "other", n_train_good=0, n_train_defective=0, n_test_good=4, n_test_defective=4, size=(64, 128), seed=105)
+    shutil.copytree(other / "test", data / "validation")
+    shutil.copytree(other / "masks", data / "validation" / "masks")
     run = tmp_path / "run"
     shutil.copytree(trained[0], run)
     result = set_threshold(run, "max-fpr=0.25", data_root=data, log=lambda _: None)

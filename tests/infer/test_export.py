@@ -165,7 +165,8 @@ def test_cli_predict_with_the_onnx_model(exported, data, tmp_path, run_cli):
     assert len(rows["onnx"]) == len(rows["torch"]) > 0
     for a, b in zip(rows["onnx"], rows["torch"]):
         assert a["image"] == b["image"] and abs(float(a["score"]) - float(b["score"])) < 1e-4
-    assert len(list((tmp_path / "onnx").glob("*_overlay.png"))) == len(rows["onnx"])
+    overlays = sorted(p.relative_to(tmp_path / "onnx").as_posix() for p in (tmp_path / "onnx").rglob("*_overlay.png"))
+    assert overlays == sorted(r["overlay"] for r in rows["onnx"]) and len(overlays) == len(rows["onnx"])  # mirrors the input folders
 
 
 def test_cli_export_rejects_unknown_format(exported, run_cli):

@@ -26,7 +26,11 @@ def data(tmp_path_factory):
     """13 training images and a validation split of 5 (shards of 3 and 2), in the folder layout."""
     root = tmp_path_factory.mktemp("ddp") / "synthetic"
     generate(root, n_train_good=9, n_train_defective=4, n_test_good=3, n_test_defective=2, size=(64, 128), seed=3)
-    shutil.copytree(root / "test", root / "validation")
+    # a validation split of other images (copies of the test images would be refused as a leak),
+    # with its own masks/ (masks shared by stem with the test images would be ambiguous)
+    other = generate(root.parent / "other", n_train_good=0, n_train_defective=0, n_test_good=3, n_test_defective=2, size=(64, 128), seed=104)
+    shutil.copytree(other / "test", root / "validation")
+    shutil.copytree(other / "masks", root / "validation" / "masks")
     return root
 
 

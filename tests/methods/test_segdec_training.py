@@ -17,6 +17,7 @@ from defectkit.data.synthetic import generate
 from defectkit.errors import ConfigError, DataError
 from defectkit.methods.segdec import SegDecTrainConfig as TrainConfig
 from defectkit.methods.segdec import batch_loss, loss_weights, paper_config
+from defectkit.evaluate.run_eval import evaluate_run
 from defectkit.methods.trainer import fit
 from defectkit.models import create_model
 
@@ -154,17 +155,20 @@ def test_cli_train_eval_predict(tiny_data, tmp_path, run_cli):
     assert code == 0, err
     with open(tmp_path / "pred" / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 8 and len(list((tmp_path / "pred").glob("*_overlay.png"))) == 8
+    assert len(rows) == 8 and len(list((tmp_path / "pred").rglob("*_overlay.png"))) == 8
     assert all(int(r["decision"]) == (float(r["logit"]) >= metrics["decision_threshold_logit"]) for r in rows)
-    # a folder with a corrupt file and odd batch sizes: the file is reported and skipped, the rest scored in order
+    # a folder with a corrupt file and odd batch sizes: the rest is scored in order, the file gets a
+    # row with its error and no decision, and the command exits 2 naming it (no part unchecked silently)
     mixed = tmp_path / "mixed"
     shutil.copytree(tiny_data / "test", mixed)
     (mixed / "aaa_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     code, out, err = run_cli("predict", run, mixed, "--out", tmp_path / "pred2", "--batch-size", "3", "--no-overlays")
-    assert code == 0, err
-    assert "skipped:" in out and "aaa_corrupt.png" in out and "8 images" in out
+    assert code == 2 and err.count("\n") == 1 and "aaa_corrupt.png" in err and "no decision" in err and "8 images" in out
     with open(tmp_path / "pred2" / "predictions.csv") as f:
         again = list(csv.DictReader(f))
+    failed = [r for r in again if r["error"]]
+    assert [Path(r["image"]).name for r in failed] == ["aaa_corrupt.png"] and failed[0]["decision"] == "" and failed[0]["score"] == ""
+    again = [r for r in again if not r["error"]]
     assert [Path(r["image"]).name for r in again] == [Path(r["image"]).name for r in rows] and not list((tmp_path / "pred2").glob("*.png"))
     # batches of 3 instead of 8: the same scores up to float rounding
     np.testing.assert_allclose([float(r["score"]) for r in again], [float(r["score"]) for r in rows], rtol=0, atol=1e-6)
@@ -173,7 +177,10 @@ def test_cli_train_eval_predict(tiny_data, tmp_path, run_cli):
 
 
 def test_predictor_accepts_path_array_and_pil(tiny_data, tmp_path):
-    fit(tiny_config(tiny_data, epochs=1), tmp_path / "run", log=quiet)
+    fit(tiny_config(tiny_data, epochs=1, validation_share=0.0), tmp_path / "run", log=quiet)
+    with pytest.raises(DataError, match="no decision threshold"):  # no validation, not evaluated: no threshold to decide at
+        defectkit.load(tmp_path / "run")
+    evaluate_run(tmp_path / "run", log=quiet)
     predictor = defectkit.load(tmp_path / "run")
     path = next((tiny_data / "test" / "defective").glob("*.png"))
     array = np.asarray(Image.open(path).convert("L"))
@@ -226,8 +233,11 @@ def test_validation_keeps_the_best_model_and_sets_the_threshold(tmp_path):
     import shutil
 
     root = generate(tmp_path / "data", n_train_good=8, n_train_defective=4, n_test_good=4, n_test_defective=4, size=(64, 128), seed=2)
-    for kind in ("good", "defective"):  # the folder reader recognises validation/ beside train/ and test/
-        shutil.copytree(root / "test" / kind, root / "validation" / kind)
+    # a validation split of other images (copies of the test images would be refused as a leak),
+    # with its own masks/ (masks shared by stem with the test images would be ambiguous)
+    other = generate(root.parent / "other", n_train_good=0, n_train_defective=0, n_test_good=4, n_test_defective=4, size=(64, 128), seed=102)
+    shutil.copytree(other / "test", root / "validation")
+    shutil.copytree(other / "masks", root / "validation" / "masks")
     (root / "synthetic.json").unlink()  # now a plain folder dataset
     config = tiny_config(root, dataset="folder", epochs=2, validate_every=1)
     fit(config, tmp_path / "run", log=quiet)

@@ -253,8 +253,11 @@ def test_threshold_without_holdout_uses_the_training_good_images(tiny_data, tmp_
 def test_threshold_from_a_validation_split_with_defects(tiny_data, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(tiny_data, root)
-    for kind in ("good", "defective"):
-        shutil.copytree(root / "test" / kind, root / "validation" / kind)
+    # a validation split of other images (copies of the test images would be refused as a leak),
+    # with its own masks/ (masks shared by stem with the test images would be ambiguous)
+    other = generate(root.parent / "other", n_train_good=0, n_train_defective=0, n_test_good=4, n_test_defective=4, size=(64, 128), seed=103)
+    shutil.copytree(other / "test", root / "validation")
+    shutil.copytree(other / "masks", root / "validation" / "masks")
     (root / "synthetic.json").unlink()
     config = tiny_config("ear", root, dataset="folder", epochs=1)
     totals = set()
@@ -331,7 +334,7 @@ def test_cli_train_eval_predict(tiny_data, tmp_path, run_cli):
     assert code == 0, err
     with open(tmp_path / "pred" / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 6 and len(list((tmp_path / "pred").glob("*_overlay.png"))) == 6
+    assert len(rows) == 6 and len(list((tmp_path / "pred").rglob("*_overlay.png"))) == 6
     assert all(int(r["decision"]) == (float(r["score"]) >= metrics["decision_threshold"]) and r["logit"] == "" for r in rows)
     code, out, err = run_cli("train", "--resume", run, "--no-eval")
     assert code == 0 and "already finished" in out

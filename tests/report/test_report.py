@@ -68,7 +68,7 @@ def predictions(run):
     labels = np.array([r["label"] == "1" for r in rows])
     logit = method_of_run(run).raw_is_logit
     raw = np.array([float(r["logit"] if logit else r["score"]) for r in rows])
-    return rows, labels, raw, method_of_run(run).run_threshold(run)
+    return rows, labels, raw, method_of_run(run).run_threshold(run)["value"]
 
 
 def cell(page, key, attribute="data-key"):
@@ -221,12 +221,97 @@ def test_moved_data_still_gives_a_report(trained, data, tmp_path):
     page = write_report(run, gallery_size=1, log=quiet).read_text()
     assert "image not found: " + html.escape(str(moved)) in page and "pass data_root" in page
     assert "<img" not in page and 'class="card"' in page and "could not be read" in page and not moved.exists()
-    page = write_report(run, data_root=data, gallery_size=1, log=quiet).read_text()
+    page = write_report(run, data_root=data, gallery_size=1, log=quiet, overwrite=True).read_text()
     assert "not found" not in page and page.count("<img") == 2 * page.count('class="card"') > 0
+
+
+LAYOUT = """() => {
+  const box = e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+  return Array.from(document.querySelectorAll(".gallery")).map(gallery => ({
+    gallery: box(gallery),
+    cards: Array.from(gallery.querySelectorAll(".card")).map(card => ({
+      name: card.dataset.name,
+      box: box(card),
+      images: Array.from(card.querySelectorAll("img")).map(i => ({
+        alt: i.alt, box: box(i), complete: i.complete, natural: [i.naturalWidth, i.naturalHeight],
+      })),
+    })),
+  }));
+}"""
+SLACK = 0.5  # CSS pixels of rounding
+
+
+def inside(inner, outer):
+    return all(inner[i] >= outer[i] - SLACK for i in (0, 1)) and all(inner[i] <= outer[i] + SLACK for i in (2, 3))
+
+
+def overlap(a, b):
+    return min(a[2], b[2]) - max(a[0], b[0]) > SLACK and min(a[3], b[3]) - max(a[1], b[1]) > SLACK
+
+
+def layout_problems(page):
+    """What is wrong with the rendered gallery's layout: a picture (image, heatmap overlay, mask)
+    not loaded, outside its card or drawn out of shape, a card outside its gallery, two cards
+    on top of each other. Measured in the page (getBoundingClientRect)."""
+    problems, cards = [], []
+    for gallery in page.evaluate(LAYOUT):
+        for card in gallery["cards"]:
+            name, box = card["name"], card["box"]
+            cards.append((name, box))
+            if not inside(box, gallery["gallery"]):
+                problems.append(f"card {name} {box} outside its gallery {gallery['gallery']}")
+            for image in card["images"]:
+                (width, height), shown = image["natural"], image["box"]
+                if not (image["complete"] and width > 0 and height > 0):
+                    problems.append(f"{image['alt']} not loaded")
+                elif not inside(shown, box):
+                    problems.append(f"{image['alt']} {shown} outside its card {box}")
+                elif abs((shown[2] - shown[0]) / (shown[3] - shown[1]) / (width / height) - 1) > 0.05:
+                    problems.append(f"{image['alt']} shown out of shape: {shown} for {width} x {height} pixels")
+    problems += [f"cards {a} {p} and {b} {q} overlap" for i, (a, p) in enumerate(cards) for b, q in cards[i + 1 :] if overlap(p, q)]
+    return cards, problems
+
+
+def test_gallery_layout_for_any_image_shape(browser, tmp_path):
+    """Every picture inside its card and no two cards overlapping, for square, very wide (8:1,
+    Severstal's 1600 x 256) and very tall (1:8, KolektorSDD's 500 x 1250) images, at narrow
+    to wide windows."""
+    from types import SimpleNamespace
+
+    from defectkit.report import html as H
+    from defectkit.report.gallery import Card, draw
+    from defectkit.report.sections import gallery_section
+
+    rng = np.random.default_rng(0)
+    shapes = {"square": (384, 384), "wide": (100, 800), "tall": (800, 100), "ksdd": (1250, 500), "severstal": (256, 1600), "small": (128, 64)}
+    cards = []
+    for name, (height, width) in shapes.items():
+        card = Card(f"{name}_{width}x{height}_with_a_long_name_that_must_wrap.png", True, 0.9, None, tmp_path / name)
+        image = rng.integers(0, 256, (height, width), dtype=np.uint8)
+        draw(card, image, rng.random((height, width), dtype=np.float32), 1.0)
+        cards.append(card)
+    missing = Card("missing.png", False, 0.5, None, tmp_path / "missing.png", notes=["image not found: /elsewhere/missing.png"])
+    groups = {"false-positives": cards + [missing], "false-negatives": cards[::-1], "true-detections": cards[1::2]}
+    run = SimpleNamespace(raw_is_logit=False, threshold_raw=0.5)
+    path = tmp_path / "gallery.html"
+    path.write_text(H.page("gallery", "layout", [], gallery_section(run, groups, [], 2, "")), encoding="utf-8")
+    for width in (480, 800, 1400, 1920):
+        page = browser.new_page(viewport={"width": width, "height": 900})
+        page.goto(path.as_uri())
+        shown, problems = layout_problems(page)
+        page.close()
+        assert len(shown) == sum(len(g) for g in groups.values()), width
+        assert not problems, (width, problems)
 
 
 def test_report_renders_in_a_browser(reported, browser, tmp_path):
     run, _ = reported
+    for width in (800, 1400, 1920):  # the gallery's layout, at a narrow, the reported and a wide window
+        page = browser.new_page(viewport={"width": width, "height": 900})
+        page.goto((run / "report.html").as_uri())
+        cards, problems = layout_problems(page)
+        page.close()
+        assert cards and not problems, (width, problems)
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     errors = []
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)

@@ -347,3 +347,211 @@ def test_import_stays_light(trained):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[] False"
+
+
+def one_line_error(argv, capsys) -> str:
+    """``defectkit ARGV`` in this process: exit code 2 and exactly one line on stderr, returned."""
+    from defectkit.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--port", "99999"], "port must be a whole number from 1 to 65535, got 99999"),
+    (["--port", "0"], "port must be a whole number from 1 to 65535"),
+    (["--host", "no.such.host.invalid"], "cannot listen on no.such.host.invalid"),
+    (["--device", "tpu"], "tpu"),
+    (["--max-pixels", "0"], "max_pixels must be a whole number above 0"),
+    (["--max-upload-mb", "-1"], "max_upload_mb must be a number above 0"),
+    (["--max-batch", "0"], "max_batch must be a whole number above 0"),
+    (["--batch-wait-ms", "-5"], "batch_wait_ms must be a number of 0 or more"),
+    (["--threads", "0"], "threads must be a whole number above 0"),
+    (["--body-timeout-s", "0"], "body_timeout_s must be a number above 0"),
+    (["--queue-timeout-s", "nan"], "queue_timeout_s must be a number of 0 or more"),
+    (["--max-pixels-in-flight", "1000"], "max_pixels_in_flight (1,000) must be at least max_pixels"),
+])
+def test_serve_refuses_bad_options_in_one_line(options, message, trained, capsys):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    port_option = [] if "--port" in options else ["--port", str(port)]
+    assert message in one_line_error(["serve", str(trained["run"]), *port_option, *options], capsys)
+
+
+def test_serve_refuses_a_port_in_use(trained, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        err = one_line_error(["serve", str(trained["run"]), "--port", str(port)], capsys)
+    assert err == f"error: cannot listen on 127.0.0.1:{port}: the port is already in use"
+
+
+def test_serve_refuses_nan_weights(trained, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    tensors = load_file(str(run / "model.safetensors"))
+    name = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[name][...] = float("nan")
+    save_file(tensors, str(run / "model.safetensors"))
+    defectkit.runs.write_json(run / "threshold.json", {"value": 0.0, "source": "test"})
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    err = one_line_error(["serve", str(run), "--port", str(port)], capsys)
+    assert "model.safetensors" in err and "NaN" in err
+
+
+def test_nan_score_answers_503_and_turns_health_unhealthy(trained, tmp_path):
+    """Weights that turn NaN after the start (here: set so in memory) never give a decision."""
+    import torch
+
+    app = create_app(trained["run"])
+    with TestClient(app) as client:
+        paths = trained["files"][:2]
+        assert client.post("/predict", files=upload(paths)).status_code == 200
+        with torch.no_grad():
+            for parameter in app.state.model.predictor.trained.model.parameters():
+                parameter.fill_(float("nan"))
+        response = client.post("/predict", files=upload(paths))
+        assert response.status_code == 503, response.text
+        detail = response.json()["detail"]
+        assert detail.startswith(f"{paths[0].name}: the model gave a non-finite score (nan)") and "unhealthy" in detail
+        health = client.get("/health")
+        assert health.status_code == 503
+        body = health.json()
+        assert body["status"] == "unhealthy" and paths[0].name in body["problem"] and body["requests_failed"] == 1
+        later = client.post("/predict", files=upload(paths[:1]))
+        assert later.status_code == 503 and "the service is unhealthy" in later.json()["detail"]
+
+
+def test_probe_refuses_weights_that_overflow(trained, tmp_path):
+    """Finite weights that overflow to NaN pass the library's file check; the start-up probe refuses them."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from defectkit.errors import DataError
+
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    tensors = {k: (v.fill_(3e38) if v.is_floating_point() else v) for k, v in load_file(str(run / "model.safetensors")).items()}
+    save_file(tensors, str(run / "model.safetensors"))
+    defectkit.runs.write_json(run / "threshold.json", {"value": 0.0, "source": "test"})
+    with pytest.raises(DataError, match=r"model\.safetensors: the model gave a non-finite score .* on a plain grey test image"):
+        create_app(run)
+
+
+def test_busy_budget_answers_503_with_retry_after(trained):
+    app = create_app(trained["onnx"], queue_timeout_s=0.2)
+    budget = app.state.budget
+    with TestClient(app) as client:
+        path = trained["files"][0]
+        budget.used = budget.capacity  # every pixel taken (as by requests decoding huge images)
+        response = client.post("/predict", files=upload([path]))
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert response.json()["detail"].startswith("busy: ")
+        budget.used = 0
+        ok = client.post("/predict", files=upload([path]))
+        assert ok.status_code == 200
+        health = client.get("/health").json()
+        assert health["status"] == "ok" and health["requests_busy"] == 1 and health["pixels"]["in_flight"] == 0
+
+
+def test_a_heatmap_request_must_fit_the_budget_whole(trained):
+    """With a heatmap the full pictures live until the answer, so the request reserves all its pixels."""
+    import cv2
+
+    app = create_app(trained["run"], max_pixels=10_000, max_pixels_in_flight=20_000)
+    small = png(cv2.resize(cv2.imread(str(trained["files"][0]), cv2.IMREAD_GRAYSCALE), (90, 90)))  # 8100 pixels
+    files = [("files", (f"s{i}.png", small, "image/png")) for i in range(3)]
+    with TestClient(app) as client:
+        assert client.post("/predict", files=files).status_code == 200  # one image at a time fits
+        response = client.post("/predict?heatmap=map", files=files)
+        assert response.status_code == 413 and "24,300 pixels, over the 20,000 pixels in flight" in response.json()["detail"]
+
+
+def test_pixel_budget_is_first_come_first_served():
+    import asyncio
+
+    from defectkit.serve.batcher import PixelBudget
+
+    async def scenario():
+        budget = PixelBudget(10)
+        assert await budget.acquire(8, 1)
+        order = []
+
+        async def take(name, pixels, timeout):
+            ok = await budget.acquire(pixels, timeout)
+            order.append((name, ok))
+            return ok
+
+        big = asyncio.ensure_future(take("big", 10, 0.1))  # waits at the head, then gives up
+        await asyncio.sleep(0.01)
+        small = asyncio.ensure_future(take("small", 2, 5))  # fits, but queues behind big
+        await asyncio.sleep(0.02)
+        assert order == [] and budget.used == 8
+        await big
+        await small  # big gave up: small is let through at once
+        assert order == [("big", False), ("small", True)] and budget.used == 10
+        budget.release(8)
+        budget.release(2)
+        assert budget.used == 0 and budget.peak == 10
+
+    finished = []
+
+    def in_thread():  # playwright's sync API (the web page test) leaves a loop running in the main thread
+        asyncio.run(scenario())
+        finished.append(True)  # not reached when an assertion in the scenario failed
+
+    worker = threading.Thread(target=in_thread)
+    worker.start()
+    worker.join(30)
+    assert finished == [True]
+
+
+def test_body_timeout_and_disconnect_on_real_server(trained, caplog):
+    """A stalled body gets 408 and a closed connection; a client that hangs up mid-body is one log line."""
+    import logging
+
+    import uvicorn
+
+    app = create_app(trained["run"], body_timeout_s=0.5)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info", log_config=None))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline
+            time.sleep(0.05)
+        port = sock.getsockname()[1]
+        head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 5000\r\n\r\n--b\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
+            stalled.sendall(head)
+            answer = b""
+            while chunk := stalled.recv(4096):  # ends when the server closes the connection
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"did not arrive within 0.5 s" in answer
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as leaving:
+            leaving.sendall(head)
+        deadline = time.monotonic() + 10
+        while not any("disconnected during POST /predict (while sending the body)" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+            time.sleep(0.05)
+        assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()

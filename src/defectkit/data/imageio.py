@@ -39,14 +39,60 @@ def read_image(path: str | Path, channels: int = 1) -> np.ndarray:
     raise DataError(f"channels must be 1 or 3, got {channels}")
 
 
-def read_mask_file(path: str | Path) -> np.ndarray:
-    """Binary uint8 mask (0/1): any value above 0 is defect (palette BMPs, 0/255 PNGs, boxes)."""
-    import cv2
+class MaskError(DataError):
+    """A mask file that decodes but cannot be used as this image's mask (``kind`` says why)."""
 
-    mask = _decode(Path(path), cv2.IMREAD_UNCHANGED)
-    if mask.ndim == 3:
-        mask = mask.max(axis=2)
-    return (mask > 0).astype(np.uint8)
+    kind = "mask_mode"
+
+
+class MaskSizeError(MaskError):
+    kind = "mask_size"
+
+
+# PIL modes a mask may have: grey of any integer depth, bilevel, or palette (the index is the value)
+GREY_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def read_mask_file(path: str | Path) -> np.ndarray:
+    """Binary uint8 mask (0/1) of a mask file: any value above 0 is defect.
+
+    Valid masks are single-channel images of integer values: 8- or 16-bit grey, bilevel, or
+    palette images, where the palette *index* is the value (KolektorSDD: index 1 = defect).
+    So 0/255 PNGs (DAGM), 0/1 masks, palette BMPs with extra levels and bounding-box masks
+    all work. An RGB(A) mask is accepted when it is grey (R = G = B everywhere); a colour one
+    is refused, since which colour is a defect cannot be guessed, and so are float images.
+    An alpha channel is ignored."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("LA", "PA"):
+                im = im.getchannel(0)
+                mode = im.mode
+            if mode in GREY_MODES:
+                values = np.asarray(im)
+            elif mode in ("RGB", "RGBA"):
+                rgb = np.asarray(im)[..., :3]
+                if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
+                    raise MaskError(
+                        f"{path}: mask is a colour image (its R, G and B differ); a mask must be grey or a palette "
+                        "image, 0 = good and anything above 0 = defect"
+                    )
+                values = rgb[..., 0]
+            else:
+                raise MaskError(f"{path}: image mode {mode} cannot be a mask (expected a grey, bilevel or palette image)")
+    except DataError:
+        raise
+    except Exception as exc:  # PIL raises many types for broken files
+        raise DataError(f"{path}: not a readable image ({exc})") from None
+    return (values > 0).astype(np.uint8)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -98,9 +144,19 @@ def rle_decode(rle: str, shape: tuple[int, int], *, source: str = "RLE") -> np.n
 
 def load_mask(sample: Sample) -> np.ndarray | None:
     """Full-resolution binary mask of a sample; zeros for a good image without a mask file;
-    ``None`` for a defective image that has no pixel annotation at all."""
+    ``None`` for a defective image that has no pixel annotation at all.
+
+    A mask file whose size differs from its image's is refused (:class:`MaskSizeError`):
+    resizing it would silently move the defect under the pixel metrics and the training loss."""
     if sample.mask_path is not None:
-        return read_mask_file(sample.mask_path)
+        mask = read_mask_file(sample.mask_path)
+        width, height = image_size(sample.image_path)
+        if mask.shape != (height, width):
+            raise MaskSizeError(
+                f"{sample.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+                f"{sample.image_path.name} is {width}x{height}"
+            )
+        return mask
     if sample.mask_rle:
         shape = sample.mask_shape
         if shape is None:

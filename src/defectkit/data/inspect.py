@@ -1,8 +1,7 @@
-"""Counting a dataset's samples per split and fold, and checking every file on disk."""
+"""Counting a dataset's samples per split and fold, with the data audit of :mod:`.audit`."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -48,52 +47,38 @@ class Inspection:
     total: Counts
     split: str | None
     folds: list[FoldSummary]
-    problems: list[str]
+    problems: list  # of audit.Problem
     checked: int
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """What ``datasets inspect --json`` prints."""
+        counts: dict[str, int] = {}
+        for p in self.problems:
+            counts[p.kind] = counts.get(p.kind, 0) + 1
+        return {
+            "dataset": self.dataset,
+            "root": str(self.root),
+            "split": self.split,
+            "images": self.total.images,
+            "defective": self.total.defective,
+            "pixel_labelled": self.total.pixel_labelled,
+            "good": self.total.good,
+            "checked": self.checked,
+            "folds": [
+                {"fold": f.fold, "error": f.error, "parts": {k: {"images": c.images, "defective": c.defective, "pixel_labelled": c.pixel_labelled, "good": c.good} for k, c in f.parts.items()}}
+                for f in self.folds
+            ],
+            "problem_counts": counts,
+            "problems": [p.to_dict() for p in self.problems],
+            "notes": self.notes,
+        }
 
 
 def summarise(samples: list[Sample]) -> dict[str, Counts]:
     order = {p: i for i, p in enumerate(PARTS)}
     parts = sorted({s.split for s in samples}, key=lambda p: order.get(p, len(order)))
     return {p: Counts.of(s for s in samples if s.split == p) for p in parts}
-
-
-def check_sample(sample: Sample) -> str | None:
-    """None if the image decodes completely and its mask (if any) decodes and matches its size."""
-    from PIL import Image
-
-    from .imageio import load_mask
-
-    try:
-        with Image.open(sample.image_path) as im:
-            im.load()
-            size = im.size
-    except FileNotFoundError:
-        return f"{sample.image_path}: file not found"
-    except Exception as exc:  # PIL raises many types for broken files
-        return f"{sample.image_path}: unreadable image ({exc})"
-    if not sample.has_mask:
-        return None
-    try:
-        mask = load_mask(sample)
-    except DataError as exc:
-        return str(exc)
-    if mask.shape != (size[1], size[0]):
-        where = sample.mask_path or f"{sample.name} (run-length mask)"
-        return f"{where}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {size[0]}x{size[1]}"
-    return None
-
-
-def check_samples(samples: list[Sample], on_progress: Callable[[int], None] | None = None, workers: int = 4) -> list[str]:
-    """Problems found, one line each (empty when every file is fine)."""
-    problems = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, problem in enumerate(pool.map(check_sample, samples), start=1):
-            if problem:
-                problems.append(problem)
-            if on_progress:
-                on_progress(i)
-    return problems
 
 
 def inspect_dataset(
@@ -104,26 +89,45 @@ def inspect_dataset(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Inspection:
     """Counts of the whole dataset and, for an official split (the dataset's default when
-    ``split`` is None), of every fold; with ``check`` every image and mask is decoded."""
+    ``split`` is None), of every fold, with the data audit (:mod:`.audit`): its cheap part
+    always, and with ``check`` every image and mask decoded, orphan masks and files missing
+    against the split lists."""
+    from .audit import Audit, cheap_audit, full_audit, read_everything
+
     spec = get_dataset(name)
     root = resolve_root(spec, root)
-    everything = spec.read(root, split="all")
+    audit = Audit()
+    everything = read_everything(spec, root, audit)
     split = split or spec.default_split
     folds: list[FoldSummary] = []
+    folds_present: tuple = ()
     if split not in (None, "all"):
-        folds_present = spec.folds_on_disk(root) if spec.folds_on_disk else spec.folds
-        for fold in folds_present or (None,):
+        folds_present = (spec.folds_on_disk(root) if spec.folds_on_disk else spec.folds) or (None,)
+        for fold in folds_present:
             summary = FoldSummary(fold)
             try:
                 kwargs = {} if fold is None else {"fold": fold}
-                summary.parts = summarise(spec.read(root, split=split, **kwargs))
+                samples = spec.read(root, split=split, **kwargs)
             except DataError as exc:
                 summary.error = str(exc)
+            else:
+                summary.parts = summarise(samples)
+                by_part: dict[str, list[Sample]] = {}
+                for s in samples:
+                    by_part.setdefault(s.split, []).append(s)
+                where = "" if fold is None else f"{spec.fold_name} {fold}: "
+                cheap_audit(by_part, audit, spec.name, where=where)
             folds.append(summary)
-    elif len({s.split for s in everything}) > 1:  # a folder dataset with train/test parts
-        folds.append(FoldSummary(None, summarise(everything)))
-    problems: list[str] = []
+    else:
+        by_part = {}
+        for s in everything:
+            by_part.setdefault(s.split, []).append(s)
+        if len(by_part) > 1:  # a folder dataset with train/test parts
+            folds.append(FoldSummary(None, summarise(everything)))
+        cheap_audit(by_part, audit, spec.name)
+    if split not in (None, "all"):  # byte-identical images labelled both ways, whatever the fold
+        cheap_audit({"all": everything}, audit, spec.name, classes=False)
     if check:
         total = len(everything)
-        problems = check_samples(everything, (lambda i: on_progress(i, total)) if on_progress else None)
-    return Inspection(spec.name, root, Counts.of(everything), split, folds, problems, len(everything) if check else 0)
+        full_audit(spec, root, everything, split, folds_present, audit, (lambda i: on_progress(i, total)) if on_progress else None)
+    return Inspection(spec.name, root, Counts.of(everything), split, folds, audit.problems, len(everything) if check else 0, audit.notes)

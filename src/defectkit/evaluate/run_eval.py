@@ -81,20 +81,31 @@ def read_test_split(config, data_root=None) -> tuple[dict, list]:
     return parts, test
 
 
-def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, device: str = "cpu", weights: str = runs.MODEL) -> dict:
+def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, device: str = "cpu", weights: str = runs.MODEL, log=print) -> dict:
     """Score the run's test split with its weights and write the evaluation files, for any method.
 
-    Pixel AUROC, pixel AP and AUPRO are added as :func:`score_samples` says."""
+    Pixel AUROC, pixel AP and AUPRO are added as :func:`score_samples` says. A test split
+    without both good and defective images, or a non-finite score, is refused: its metrics
+    would be undefined, and a NaN score compares as "good"."""
     from ..methods.registry import load_method
 
     run_dir = runs.require_run(Path(run_dir), weights)
     method = load_method(run_dir, device=device, weights=weights)
     config = method.config
     parts, test = read_test_split(config, data_root)
+    n_defective = sum(s.is_defective for s in test)
+    if n_defective in (0, len(test)):
+        raise DataError(f"dataset {config.dataset} at {config.data_root}: the test split has {len(test)} images, all {'good' if not n_defective else 'defective'}; AP, AUROC and a threshold need good and defective images")
     labels, raw, pixel_result = score_samples(method, test)
+    broken = np.flatnonzero(~np.isfinite(raw))
+    if broken.size:
+        raise DataError(f"{test[broken[0]].image_path}: the model ({run_dir / weights}) gave a non-finite score ({raw[broken[0]]}) for {broken.size} of {len(test)} test images; nothing written")
     result = M.image_metrics(labels, raw)  # rank metrics on raw scores (logits: the exact probabilities' ranking)
-    stored = runs.stored_threshold(run_dir) if weights == runs.MODEL else None
-    # threshold.json (fixed when training ended, or by `defectkit threshold`) wins
+    try:  # threshold.json (fixed when training ended, or by `defectkit threshold`) wins
+        stored = runs.stored_threshold(run_dir, weights)
+    except runs.StaleRecord as exc:
+        log(f"warning: {exc}; evaluating at the method's own threshold meanwhile")
+        stored = None
     threshold = stored or method.decision_threshold(parts, result)
     decision = threshold["value"]
     if method.raw_is_logit:
@@ -106,7 +117,7 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, devic
         result["decision_threshold"] = float(decision)
         result.update({f"threshold_{k}": v for k, v in threshold.items() if k in ("quantile", "images")})
     result.update(pixel_result)
-    result.update(threshold_source=threshold["source"], method=method.name, dataset=config.dataset, split=config.split, fold=config.fold, weights=weights)
+    result.update(threshold_source=threshold["source"], method=method.name, dataset=config.dataset, split=config.split, fold=config.fold, **runs.weights_record(run_dir, weights))
     runs.write_json(run_dir / runs.METRICS, result)
     scores = method.to_score(raw)
     runs.write_csv(
@@ -147,7 +158,26 @@ def read_predictions(run_dir: Path) -> tuple[list[dict], np.ndarray, np.ndarray,
 THRESHOLD_SPLITS = ("auto", "validation", "test")
 
 
-def policy_scores(run_dir: Path, policy: str, split: str = "auto", data_root=None, device: str = "cpu", log=print) -> tuple[str, np.ndarray, np.ndarray]:
+def evaluated(run_dir: Path, weights: str) -> dict:
+    """metrics.json of the run when it evaluated ``weights`` as they are now; anything else is
+    refused (predictions.csv then holds other weights' scores)."""
+    path = Path(run_dir) / runs.METRICS
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run `defectkit eval {run_dir}` first")
+    metrics = runs.read_json(path)
+    if not isinstance(metrics, dict):
+        raise DataError(f"{path}: expected a JSON object; run `defectkit eval {run_dir}` again")
+    recorded = metrics.get("weights", runs.MODEL)
+    if recorded != weights:
+        raise DataError(f"{path}: the run was evaluated with {recorded}, not {weights}; run `defectkit eval {run_dir}`" + (" --best" if weights == runs.BEST else "") + f" or pass --weights {recorded}")
+    digest = metrics.get("weights_sha256")
+    if digest is not None and digest != runs.sha256(Path(run_dir) / weights):
+        raise runs.StaleRecord(f"{path}: evaluated earlier weights than the current {weights}; run `defectkit eval {run_dir}` again")
+    return metrics
+
+
+def policy_scores(run_dir: Path, policy: str, split: str = "auto", data_root=None, device: str = "cpu", log=print,
+                  weights: str = runs.MODEL) -> tuple[str, np.ndarray, np.ndarray]:
     """(split used, labels, raw scores) to choose a threshold on: the validation split scored
     by the run's model, or the test split's scores from predictions.csv (with a warning:
     thresholds chosen on the test split make its metrics optimistic)."""
@@ -164,25 +194,28 @@ def policy_scores(run_dir: Path, policy: str, split: str = "auto", data_root=Non
         labels = np.array([s.is_defective for s in validation], dtype=bool)
         usable = labels.size and (name == "max-fpr" or labels.any()) and (name != "max-fpr" or not labels.all())
         if usable:
-            return "validation", labels, method.load(run_dir, device=device).raw_scores(validation)
+            return "validation", labels, method.load(run_dir, device=device, weights=weights).raw_scores(validation)
         what = "no validation split" if not labels.size else f"the validation split has no {'good' if name == 'max-fpr' else 'defective'} image"
         if split == "validation":
             raise DataError(f"{run_dir}: {what} for policy {policy}; use --split test")
         log(f"warning: {what}; choosing the threshold on the test split, so the test metrics in metrics.json become optimistic")
+    evaluated(run_dir, weights)
     _, labels, _, raw = read_predictions(run_dir)  # the test split's scores
     return "test", labels, raw
 
 
-def set_threshold(run_dir: str | Path, policy: str, split: str = "auto", data_root=None, device: str = "cpu", write: bool = True, log=print) -> dict:
+def set_threshold(run_dir: str | Path, policy: str, split: str = "auto", data_root=None, device: str = "cpu", write: bool = True, log=print,
+                  weights: str = runs.MODEL) -> dict:
     """Choose the run's decision threshold by a production policy and (``write``) store it in
     threshold.json, where ``defectkit.load``, export and serve read it; metrics.json's decision
     threshold and predictions.csv's decisions are updated to match."""
     from ..methods.base import to_score
     from ..methods.registry import method_of_run
 
-    run_dir = runs.require_run(Path(run_dir))
+    run_dir = runs.require_run(Path(run_dir), weights)
     method = method_of_run(run_dir)
-    used, labels, raw = policy_scores(run_dir, policy, split, data_root, device, log)
+    method.read_config(run_dir)  # a threshold for a run that cannot be loaded would be of no use
+    used, labels, raw = policy_scores(run_dir, policy, split, data_root, device, log, weights)
     chosen = M.policy_threshold(labels, raw, policy)
     is_logit = method.raw_is_logit
     value = chosen.pop("threshold")
@@ -191,16 +224,19 @@ def set_threshold(run_dir: str | Path, policy: str, split: str = "auto", data_ro
         "value": value, "score": score, "policy": policy, "split": used,
         "source": f"policy {policy} on the {used} split ({chosen['n_images']} images, {chosen['n_defective']} defective)",
         **{k: v for k, v in chosen.items() if k != "policy"},
+        **runs.weights_record(run_dir, weights),
     }
     if not write:
         return result
+    try:  # the evaluation files follow only when they are of these weights
+        stored = evaluated(run_dir, weights)
+    except DataError:
+        stored = None
     runs.write_json(run_dir / runs.THRESHOLD, result)
-    metrics_path = run_dir / runs.METRICS
-    if metrics_path.is_file():
-        stored = runs.read_json(metrics_path)
+    if stored is not None:
         stored.update(decision_threshold=score, threshold_source=result["source"], **({"decision_threshold_logit": value} if is_logit else {}))
-        runs.write_json(metrics_path, stored)
-    if (run_dir / runs.PREDICTIONS).is_file():
+        runs.write_json(run_dir / runs.METRICS, stored)
+    if stored is not None and (run_dir / runs.PREDICTIONS).is_file():
         rows, _, _, raw = read_predictions(run_dir)
         for row, z in zip(rows, raw):
             row["decision"] = int(z >= value)

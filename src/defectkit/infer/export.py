@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import __version__, runs
 from ..errors import DataError
-from ..files import sha256
+from ..files import refuse_existing, sha256
 from .predictor import Predictor
 
 SIDECAR_SUFFIX = ".json"
@@ -61,12 +61,14 @@ def _graph(method):
     return Graph().eval()
 
 
-def export_onnx(run_dir: str | Path, out: str | Path | None = None, weights: str = runs.MODEL, opset: int = 18, check: bool = True, log=print) -> Path:
+def export_onnx(run_dir: str | Path, out: str | Path | None = None, weights: str = runs.MODEL, opset: int = 18, check: bool = True, log=print,
+                overwrite: bool = False) -> Path:
     """Write ``out`` (default ``RUN_DIR/model.onnx``) and its sidecar; return the model path.
 
     With ``check`` (default) the model is run on a few images of other sizes and batch sizes
     by onnxruntime and compared with the run's PyTorch method; a score difference above
-    ``PARITY_TOLERANCE`` stops the export rather than ship a model that scores differently."""
+    ``PARITY_TOLERANCE`` stops the export rather than ship a model that scores differently.
+    An existing ``out`` or sidecar is replaced only with ``overwrite``."""
     import contextlib
     import io
     import logging
@@ -77,10 +79,12 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, weights: str
     from ..methods.registry import load_method
 
     run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir / "model.onnx"
+    refuse_existing([out, sidecar_path(out)], overwrite)  # before the minutes of tracing
     method = load_method(run_dir, device="cpu", weights=weights)
     method.check_exportable()
-    predictor = Predictor(method, method.run_threshold(run_dir))  # the threshold and heatmap scale, as predict uses them
-    out = Path(out) if out is not None else run_dir / "model.onnx"
+    threshold = method.run_threshold(run_dir, weights)
+    predictor = Predictor(method, threshold["value"], threshold_source=threshold)  # the threshold and heatmap scale, as predict uses them
     out.parent.mkdir(parents=True, exist_ok=True)
     # a method of its own: tracing must not leave traced tensors in the one checked against
     graph = _graph(load_method(run_dir, device="cpu", weights=weights))
@@ -106,11 +110,14 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, weights: str
         finally:
             quiet.setLevel(level)
     seconds = time.perf_counter() - started
-    difference = _parity(tmp, method) if check else None
-    if difference is not None and difference > PARITY_TOLERANCE:
+    try:
+        difference = _parity(tmp, method) if check else None
+        if difference is not None and not difference <= PARITY_TOLERANCE:  # NaN fails too
+            raise DataError(f"{run_dir}: the ONNX model's scores differ from PyTorch's by {difference:.3g} (> {PARITY_TOLERANCE}); not written")
+        tmp.replace(out)
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        raise DataError(f"{run_dir}: the ONNX model's scores differ from PyTorch's by {difference:.3g} (> {PARITY_TOLERANCE}); not written")
-    tmp.replace(out)
+        raise
     sidecar = {
         "format": "defectkit-onnx", "format_version": FORMAT_VERSION, "defectkit": __version__,
         "method": method.name, "raw_is_logit": method.raw_is_logit, "run": str(run_dir.resolve()), "weights": weights,

@@ -52,10 +52,11 @@ def to_array(image: Any, channels: int) -> np.ndarray:
 class Predictor:
     """Scores images of any size and kind with a run's trained method; ``threshold_raw`` is in raw-score units."""
 
-    def __init__(self, method, threshold_raw: float, device: str = "cpu"):
+    def __init__(self, method, threshold_raw: float, device: str = "cpu", threshold_source: dict | None = None):
         self.trained, self.config, self.device, self.method = method, method.config, device, method.name
         self.raw_is_logit = method.raw_is_logit
         self.threshold_raw = float(threshold_raw)
+        self.threshold_source = threshold_source or {}  # where the threshold comes from (Method.run_threshold)
         self.threshold = float(method.to_score(self.threshold_raw))
         self.threshold_logit = self.threshold_raw if self.raw_is_logit else None
         self.pre = method.pre
@@ -70,6 +71,10 @@ class Predictor:
         arrays = [to_array(im, self.pre.channels) for im in images]
         x = np.stack([network_input(a, self.pre.input_size) for a in arrays])
         raws, maps = self.trained.score_batch(x)
+        broken = [i for i, z in enumerate(raws) if not np.isfinite(z)]
+        if broken:
+            where = next((str(im) for im in (images[i] for i in broken) if isinstance(im, (str, Path))), f"image {broken[0]} of the batch")
+            raise DataError(f"{where}: the model gave a non-finite score ({raws[broken[0]]}); no decision can be made from it")
         out = []
         for array, z, small in zip(arrays, raws, maps):
             heatmap = cv2.resize(small, (array.shape[1], array.shape[0]), interpolation=cv2.INTER_LINEAR)
@@ -83,12 +88,14 @@ class Predictor:
 
 
 def load(run_dir: str | Path, device: str = "cpu", weights: str = runs.MODEL) -> Predictor:
-    """A predictor from a run folder of any method, with the run's decision threshold
-    (threshold.json, else the evaluated one in metrics.json; ``Method.run_threshold``)."""
+    """A predictor from a run folder of any method, with the decision threshold recorded for
+    ``weights`` (threshold.json, else the evaluated one in metrics.json; ``Method.run_threshold``):
+    a run without one is refused."""
     from ..methods.registry import load_method
 
     method = load_method(run_dir, device=device, weights=weights)
-    return Predictor(method, method.run_threshold(run_dir), device)
+    threshold = method.run_threshold(run_dir, weights)
+    return Predictor(method, threshold["value"], device, threshold)
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, scale: float = 1.0) -> np.ndarray:

@@ -63,13 +63,34 @@ class Accelerator:
         return t.contiguous(memory_format=torch.channels_last) if self.channels_last and t.dim() == 4 else t
 
 
+DEVICES = "cpu, cuda or cuda:N"
+
+
+def parse_device(device):
+    """A torch.device for cpu, cuda or cuda:N; anything else is a :class:`ConfigError`."""
+    import torch
+
+    if isinstance(device, torch.device):
+        parsed = device
+    else:
+        try:
+            parsed = torch.device(str(device))
+        except (RuntimeError, ValueError, TypeError):
+            raise ConfigError(f"--device {device!r} is not a device; use {DEVICES}") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device!r}: defectkit runs on {DEVICES}")
+    return parsed
+
+
 def resolve(device, precision: str = "auto") -> Accelerator:
     """The settings for ``device`` (a name or torch.device) and a precision choice."""
     import torch
 
-    device = torch.device(device)
+    device = parse_device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA GPU is available (PyTorch sees none)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: there is no such GPU (PyTorch sees {torch.cuda.device_count()})")
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     cuda = device.type == "cuda"

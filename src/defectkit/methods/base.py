@@ -103,7 +103,6 @@ class Method:
     named_settings: ClassVar[dict[str, dict]] = {}  # --config NAME
     named_settings_default: ClassVar[str] = ""  # which are used without --config, for --help
     demo: ClassVar[dict[str, Any] | None] = None  # what `defectkit demo` trains (the default method's)
-    fallback_threshold: ClassVar[float | None] = None  # raw decision threshold before any is recorded
 
     def __init__(self, config: MethodConfig, device: str | None = None, training: bool = False):
         self.config = config
@@ -314,6 +313,8 @@ class Method:
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "cpu", weights: str = runs.MODEL) -> "Method":
         """The trained method of a run folder, ready to score (eval mode, on ``device``)."""
+        if not str(weights).endswith(".safetensors"):
+            raise DataError(f"{weights}: weights are a .safetensors file of the run folder (e.g. {runs.MODEL} or {runs.BEST})")
         run_dir = runs.require_run(Path(run_dir), weights)
         config, saved = cls.read_config(run_dir)
         method = cls(config, device)
@@ -331,22 +332,11 @@ class Method:
         return method
 
     @classmethod
-    def run_threshold(cls, run_dir: str | Path) -> float:
-        """The decision threshold (raw units) a predictor of the run uses: threshold.json, else
-        the evaluated one in metrics.json, else the method's fallback."""
-        run_dir = Path(run_dir)
-        stored = runs.stored_threshold(run_dir)
-        if stored is not None:
-            return float(stored["value"])
-        metrics_path = run_dir / runs.METRICS
+    def run_threshold(cls, run_dir: str | Path, weights: str = runs.MODEL) -> dict:
+        """The decision threshold (raw units: ``value``) a predictor of the run's ``weights``
+        uses, with its ``source`` and ``file`` (:func:`runs.decision_threshold`)."""
         key = "decision_threshold_logit" if cls.raw_is_logit else "decision_threshold"
-        if metrics_path.is_file():
-            metrics = runs.read_json(metrics_path)
-            if isinstance(metrics, dict) and isinstance(metrics.get(key), (int, float)):
-                return float(metrics[key])
-        if cls.fallback_threshold is not None:
-            return cls.fallback_threshold
-        raise DataError(f"{run_dir / runs.THRESHOLD}: missing (the run has not finished training); finish it with defectkit train --resume {run_dir}")
+        return runs.decision_threshold(Path(run_dir), weights, key)
 
 
 class _ImageItem:

@@ -142,7 +142,6 @@ class SegDec(Method):
     named_settings = PAPER_SETTINGS
     named_settings_default = " (default: the dataset's own, else demo)"
     demo = {"config": "demo"}
-    fallback_threshold = 0.0  # probability 0.5 before the run is evaluated
 
     @classmethod
     def make_config(cls, values: dict[str, Any], named: str | None = None, source: dict[str, str] | None = None) -> SegDecTrainConfig:

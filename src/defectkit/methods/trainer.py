@@ -137,6 +137,7 @@ def load_checkpoint(path: Path, model, optimizer) -> dict:
     expected = model.state_dict()
     if set(weights) != set(expected) or any(weights[k].shape != v.shape for k, v in expected.items()):
         raise DataError(f"checkpoint {path} does not match the run's model config")
+    runs.check_finite(tensors, path)
     model.load_state_dict(weights)
     if optimizer is not None:
         restored: dict[int, dict[str, Any]] = {}
@@ -196,6 +197,7 @@ class Trainer:
 
         import torch
 
+        from ..data.audit import check_training_data
         from ..data.partition import read_parts
         from . import distributed
 
@@ -213,6 +215,7 @@ class Trainer:
         method = self.cls(config, distributed.device_name(ctx, config.device), training=True)
         parts = read_parts(config)
         samples = method.training_samples(parts, self.log)
+        check_training_data(parts, config.dataset, self.cls.needs_defects)  # the data audit's cheap part: what would make the result wrong
         torch.manual_seed(config.seed)
         method.model = method.acc.prepare(method.build_model())
         if ctx.main:
@@ -359,9 +362,9 @@ class Trainer:
         method.eval()
         threshold = method.decision_threshold(parts, validation_scores=validation_scores)
         if threshold is None and (self.out / runs.THRESHOLD).is_file():  # set before this training went on
-            self.log(f"warning: {self.out / runs.THRESHOLD} was set for the earlier weights; set it again with defectkit threshold")
+            self.log(f"warning: {self.out / runs.THRESHOLD} was set for the earlier weights; predictors refuse it until `defectkit threshold` or `defectkit eval` sets one again")
         if threshold is not None:
-            runs.write_json(self.out / runs.THRESHOLD, threshold)
+            runs.write_json(self.out / runs.THRESHOLD, {**threshold, **runs.weights_record(self.out)})
             raw = threshold["value"]
             shown = f"{float(method.to_score(raw)):.6g} (logit {raw:.6g})" if method.raw_is_logit else f"{raw:.6g}"
             self.log(f"decision threshold {shown} from {threshold['source']}")

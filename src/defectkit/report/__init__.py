@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError
-from ..files import atomic_write
+from ..files import atomic_write, refuse_existing
 
 REPORT = "report.html"
 
@@ -32,13 +32,15 @@ def write_report(
     device: str = "cpu",
     gallery_size: int = 6,
     log: Callable[[str], None] = print,
+    overwrite: bool = False,
 ) -> Path:
     """Write the report of ``run_dir`` (a run folder, or a folder of per-fold run folders) to
     ``out`` (default ``RUN_DIR/report.html``) and return its path.
 
     ``data_root`` points at the dataset when it has moved since training; ``gallery_size`` is
     the number of images per gallery group. Raises :class:`~defectkit.errors.DataError` for a
-    folder that is no run, or a run that has not been evaluated."""
+    folder that is no run, or a run that has not been evaluated; an existing ``out`` is
+    replaced only with ``overwrite``."""
     from .. import __version__
     from . import html, sections
     from .data import load_run, run_folders
@@ -48,6 +50,8 @@ def write_report(
         raise ConfigError(f"gallery_size must be 0 or more, got {gallery_size}")
     run_dir = Path(run_dir)
     folders, cross_validation = run_folders(run_dir)
+    path = Path(out) if out is not None else run_dir / REPORT
+    refuse_existing([path], overwrite)
     folds = [load_run(folder, data_root) for folder in folders]  # all checked before any scoring
     name = run_dir.resolve().name
     stamp = f"generated {datetime.datetime.now():%Y-%m-%d %H:%M} by defectkit {__version__}"
@@ -72,7 +76,6 @@ def write_report(
         body = bodies[0]
         links = [(html.anchor("", key), title) for key, title in sections.SECTIONS]
     page = html.page(f"defectkit report: {name}", subtitle, links, body)
-    path = Path(out) if out is not None else run_dir / REPORT
     atomic_write(path, page.encode("utf-8"))
     log(f"report: {path}")
     return path

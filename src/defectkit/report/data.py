@@ -29,6 +29,7 @@ class RunData:
     raw_is_logit: bool
     threshold_raw: float
     threshold: float  # score units
+    weights: str = runs.MODEL  # the weights file the run was evaluated with (and the gallery scores with)
     train_log: list[dict] = field(default_factory=list)
     parts: dict | None = None  # split -> samples, when the data could be read
     data_root: str | None = None
@@ -95,7 +96,10 @@ def load_run(run_dir: Path, data_root: str | Path | None = None) -> RunData:
     rows, labels, scores, raw = read_predictions(run_dir)
     metrics = runs.read_json(run_dir / runs.METRICS)
     raw_is_logit = method.raw_is_logit
-    threshold_raw = method.run_threshold(run_dir)
+    if not isinstance(metrics, dict):
+        raise DataError(f"{run_dir / runs.METRICS}: expected a JSON object; run `defectkit eval {run_dir}` again")
+    weights = metrics.get("weights", runs.MODEL)
+    threshold_raw = method.run_threshold(run_dir, weights)["value"]
     threshold = float(to_score(threshold_raw, raw_is_logit))
     config, saved = method.read_config(run_dir)
     log_path = run_dir / runs.TRAIN_LOG
@@ -112,6 +116,7 @@ def load_run(run_dir: Path, data_root: str | Path | None = None) -> RunData:
         raw_is_logit=raw_is_logit,
         threshold_raw=threshold_raw,
         threshold=threshold,
+        weights=weights,
         train_log=runs.read_csv(log_path) if log_path.is_file() else [],
         data_root=str(data_root) if data_root is not None else config.data_root,
     )

@@ -16,6 +16,8 @@ from ..errors import DefectkitError
 from .data import RunData
 
 DISPLAY_SIDE = 384  # longest side of a gallery picture: enough to see a defect, small in the file
+SHOWN_HEIGHT = 240  # CSS pixels a picture is shown at on the page...
+SHOWN_WIDTH = 480  # ...unless that makes it wider than this (Severstal's 1600 x 256 strips)
 BATCH = 4  # images scored at once: bounds memory at full-size images
 OUTLINE = (255, 0, 255)  # magenta: absent from the heatmap's jet colours
 
@@ -45,6 +47,7 @@ class Card:
     sample: Any = None  # the dataset's Sample, when the data could be read
     picture: str | None = None  # data URI: the image with the ground-truth outline
     heat: str | None = None  # data URI: the heatmap overlay
+    size: tuple[int, int] | None = None  # (width, height) of the pictures in pixels
     notes: list[str] = field(default_factory=list)
 
 
@@ -71,6 +74,14 @@ def make_cards(data: RunData, size: int) -> dict[str, list[Card]]:
             logit = float(data.raw[i]) if data.raw_is_logit else None
             cards[kind].append(Card(row["name"], bool(data.labels[i]), float(data.scores[i]), logit, path, sample))
     return cards
+
+
+def shown_size(width: int, height: int) -> tuple[int, int]:
+    """(width, height) in CSS pixels a picture of ``width`` x ``height`` pixels is shown at:
+    SHOWN_HEIGHT tall, or SHOWN_WIDTH wide for a wide strip; the page scales it down further
+    (keeping its shape) when its card is narrower."""
+    scale = min(SHOWN_HEIGHT / height, SHOWN_WIDTH / width)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def data_uri(rgb: np.ndarray) -> str:
@@ -125,6 +136,7 @@ def draw(card: Card, image: np.ndarray, heatmap: np.ndarray | None, heatmap_scal
         return cv2.drawContours(rgb, contours, -1, OUTLINE, thickness, lineType=cv2.LINE_AA) if contours else rgb
 
     rgb = cv2.cvtColor(small, cv2.COLOR_GRAY2RGB) if small.ndim == 2 else small.copy()
+    card.size = (small.shape[1], small.shape[0])
     card.picture = data_uri(with_outline(rgb))
     if heatmap is not None:
         card.heat = data_uri(with_outline(overlay(small, shrink(heatmap, factor), scale=heatmap_scale)))
@@ -151,7 +163,7 @@ def render(data: RunData, cards: dict[str, list[Card]], device: str, log: Callab
         return notes
     log(f"report: scoring {len(present)} gallery image(s) of {data.run_dir}")
     try:
-        predictor = defectkit.load(data.run_dir, device=device)
+        predictor = defectkit.load(data.run_dir, device=device, weights=data.weights)
     except DefectkitError as exc:
         predictor = None
         notes.append(f"no heatmaps: the model could not be loaded ({exc})")

@@ -38,12 +38,15 @@ pre { background: var(--band); padding: 10px; overflow: auto; font-size: 12px; }
 .row { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
 figure { margin: 0; }
 figcaption { color: var(--muted); font-size: 12px; max-width: 380px; }
-.gallery { display: flex; flex-wrap: wrap; gap: 14px; }
-.card { border: 1px solid var(--line); border-radius: 6px; padding: 8px; background: #fff; width: min-content; min-width: 240px; max-width: 100%; }
-.card .pictures { display: flex; gap: 6px; }
-.card img { height: 240px; width: auto; max-width: 100%; image-rendering: auto; display: block; background: var(--band); }
-.card .missing { height: 240px; width: 120px; display: flex; align-items: center; justify-content: center; background: var(--band); color: var(--muted); font-size: 12px; text-align: center; }
-.card figcaption { margin-top: 4px; color: var(--ink); }
+.gallery { display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }
+/* A card is as wide as its pictures at their shown size (the img width/height attributes),
+   at most the gallery's width; the caption wraps within it and adds no width of its own
+   (width 0, min-width 100%). In a narrower card the pictures wrap, then shrink in proportion. */
+.card { flex: 0 1 auto; border: 1px solid var(--line); border-radius: 6px; padding: 8px; background: #fff; min-width: min(240px, 100%); max-width: 100%; }
+.card .pictures { display: flex; flex-wrap: wrap; gap: 6px; align-items: flex-start; }
+.card img { flex: 0 1 auto; min-width: 0; max-width: 100%; height: auto; image-rendering: auto; display: block; background: var(--band); }
+.card .missing { height: 240px; width: 120px; max-width: 100%; display: flex; align-items: center; justify-content: center; background: var(--band); color: var(--muted); font-size: 12px; text-align: center; }
+.card figcaption { margin-top: 4px; color: var(--ink); width: 0; min-width: 100%; }
 .card .name { font-family: ui-monospace, monospace; font-size: 12px; word-break: break-all; }
 .card .card-note { color: var(--bad); font-size: 12px; word-break: break-all; }
 details { margin: 12px 0; }

@@ -9,7 +9,7 @@ import numpy as np
 from .. import charts
 from ..evaluate import metrics as M
 from .data import RunData
-from .gallery import KINDS, Card
+from .gallery import KINDS, Card, shown_size
 from .html import anchor, details, esc, figure, fmt, heading, hint, note, num, row, side_by_side, table, text
 
 SETTINGS = (  # the training settings that say what a run is; the rest sit in config.yaml below
@@ -176,8 +176,11 @@ def decisions_section(d: RunData) -> str:
 
 def card_html(d: RunData, card: Card) -> str:
     if card.picture:
-        pictures = f'<img src="{card.picture}" alt="{esc(card.name)}">'
-        pictures += f'<img src="{card.heat}" alt="heatmap of {esc(card.name)}">' if card.heat else ""
+        # the shown size as attributes: the card is sized from them, and the page keeps the
+        # pictures' shape when it scales them down
+        size = ' width="{}" height="{}"'.format(*shown_size(*card.size)) if card.size else ""
+        pictures = f'<img src="{card.picture}"{size} alt="{esc(card.name)}">'
+        pictures += f'<img src="{card.heat}"{size} alt="heatmap of {esc(card.name)}">' if card.heat else ""
     else:
         pictures = '<div class="missing">image not available</div>'
     score = f"score {fmt(card.score)}" + (f" · logit {fmt(card.logit)}" if card.logit is not None else "")

@@ -4,8 +4,10 @@ Endpoints:
 
 * ``POST /predict`` (``?heatmap=none|overlay|map``): images as multipart uploads (field
   ``files``, repeated; ``file`` is accepted too); one result per image, in upload order.
-* ``GET /health``: status, backend, model id, uptime, requests served and rejected, batching
-  counters.
+* ``GET /health``: status, backend, model id, uptime, requests served, rejected, busy and
+  failed, the pixels in flight, batching counters. 200 with ``"status": "ok"``; 503 with
+  ``"status": "unhealthy"`` and the ``problem`` once the model has given a non-finite score
+  (a load balancer should take the instance out; restart it with sound weights).
 * ``GET /model``: what the model is (method, preset, input size, channels, backend, threshold
   and its source, the run's test metrics or the export's sidecar fields).
 * ``GET /``: a web page to drop images on; ``/docs`` and ``/openapi.json``: FastAPI's own.
@@ -17,8 +19,30 @@ read, so an oversized body is never buffered whole), an image over ``max_pixels`
 its header before decoding) or a request whose images hold more than ``4 x max_pixels`` in
 all, 415 for a body that is not multipart/form-data, a part whose content type is not an image
 and a file that is no image, 422 for an empty, truncated or corrupt image and a bad query
-parameter. A request is checked whole before any image of it is scored: one bad file refuses
-the request.
+parameter, 408 (and the connection closed) for a body that has not fully arrived
+``body_timeout_s`` after the request began: a client that stalls mid-upload holds nothing for
+long. A request is checked whole before any image of it is scored: one bad file refuses the
+request. Headers over uvicorn's limit (h11: 16 KB unparsed; in practice a request head over
+about 256 KB) get uvicorn's own 400 and a one-line warning.
+
+Memory is bounded by the decoded pixels, not by the upload: a blank 6300x6300 PNG is 150 KB
+but 40 M pixels. Before anything is decoded a request reserves its images' pixels (read from
+their headers) in a budget shared by all requests, ``max_pixels_in_flight`` (default 4 x
+``max_pixels``, so the largest request fits alone). A request that does not fit waits its turn
+(first come, first served) for up to ``queue_timeout_s`` and then gets 503 ``busy`` with
+``Retry-After``. A run folder's request without a heatmap reserves one image at a time, for
+its decode and preprocessing only (the network input is small); an ONNX model's request, or
+one asking for a heatmap, holds all its pixels until it is answered, so it must fit the
+budget whole (413 otherwise). Measured peak cost per reserved pixel: see docs/benchmarks.md
+(the service fault test).
+
+A model that gives NaN or an infinite score is never turned into a decision: that request gets
+503 with a detail naming the file, the service marks itself unhealthy and refuses (503) every
+later request, and ``/health`` answers 503. A model that already scores a plain grey image so
+is refused at start (DataError, one line).
+
+A client that goes away (mid-upload or before its answer) is logged as one line, never a
+traceback.
 
 Requests that arrive together are scored in shared batches (:mod:`defectkit.serve.batcher`);
 the model runs in one thread of its own, uploads are decoded and heatmaps encoded in the
@@ -29,6 +53,11 @@ FastAPI and uvicorn are imported inside these functions, so ``import defectkit``
 
 # no "from __future__ import annotations" here: FastAPI reads the endpoints' annotations, which
 # name classes imported inside create_app
+import asyncio
+import errno
+import logging
+import math
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +68,26 @@ from .images import BadInput, check_content_type, decode, header_size, heatmap_p
 FIELDS = ("files", "file")  # multipart field names that carry images
 MAX_FILES = 64  # images in one request
 REQUEST_PIXELS_FACTOR = 4  # a request's images together hold at most this many times max_pixels
+IN_FLIGHT_FACTOR = 4  # default max_pixels_in_flight, in max_pixels: the largest request fits alone
+RETRY_AFTER_S = 1  # what a 503 busy answer tells the client to wait
+
+log = logging.getLogger("uvicorn.error")  # uvicorn's own logger: its format, its level
+
+
+class ClientGone(Exception):
+    """The client closed the connection; there is nobody to answer."""
+
+
+def _positive(name: str, value, integer: bool = False, zero: bool = False):
+    """``value`` checked as a positive (or, with ``zero``, non-negative) finite number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number < 0 or (number == 0 and not zero) or (integer and number != int(number)):
+        kind = "a whole number" if integer else "a number"
+        raise ConfigError(f"{name} must be {kind} {'of 0 or more' if zero else 'above 0'}, got {value!r}")
+    return int(number) if integer else number
 
 
 def _page() -> str:
@@ -48,8 +97,10 @@ def _page() -> str:
 
 
 def create_app(model_path: str | Path, device: str = "cpu", max_upload_mb: float = 20.0, max_pixels: int = 40_000_000,
-               max_batch: int = 8, batch_wait_ms: float = 5.0, threads: int | None = None):
-    """A FastAPI app scoring images with a run folder (PyTorch) or an exported ``.onnx`` model."""
+               max_batch: int = 8, batch_wait_ms: float = 5.0, threads: int | None = None, max_pixels_in_flight: int | None = None,
+               body_timeout_s: float = 30.0, queue_timeout_s: float = 10.0, weights: str = "model.safetensors"):
+    """A FastAPI app scoring images with a run folder (PyTorch) or an exported ``.onnx`` model.
+    Every limit is checked here (ConfigError) before the model is loaded."""
     from contextlib import asynccontextmanager
     from typing import Literal
 
@@ -59,26 +110,31 @@ def create_app(model_path: str | Path, device: str = "cpu", max_upload_mb: float
     from starlette.concurrency import run_in_threadpool
 
     from .. import __version__
-    from .batcher import Batcher
-    from .model import ServedModel, finite
+    from .batcher import Batcher, PixelBudget
+    from .model import NonFiniteScore, ServedModel, finite
     from .schemas import HealthResponse, PredictResponse
 
-    if not max_upload_mb > 0:
-        raise ConfigError(f"max_upload_mb must be positive, got {max_upload_mb}")
-    if int(max_pixels) < 1:
-        raise ConfigError(f"max_pixels must be positive, got {max_pixels}")
-    if int(max_batch) < 1:
-        raise ConfigError(f"max_batch must be at least 1, got {max_batch}")
-    if not batch_wait_ms >= 0:
-        raise ConfigError(f"batch_wait_ms must be 0 or more, got {batch_wait_ms}")
+    max_upload_mb = _positive("max_upload_mb", max_upload_mb)
+    max_pixels = _positive("max_pixels", max_pixels, integer=True)
+    max_batch = _positive("max_batch", max_batch, integer=True)
+    batch_wait_ms = _positive("batch_wait_ms", batch_wait_ms, zero=True)
+    body_timeout_s = _positive("body_timeout_s", body_timeout_s)
+    queue_timeout_s = _positive("queue_timeout_s", queue_timeout_s, zero=True)
+    if threads is not None:
+        threads = _positive("threads", threads, integer=True)
+    in_flight = IN_FLIGHT_FACTOR * max_pixels if max_pixels_in_flight is None else _positive("max_pixels_in_flight", max_pixels_in_flight, integer=True)
+    if in_flight < max_pixels:
+        raise ConfigError(f"max_pixels_in_flight ({in_flight:,}) must be at least max_pixels ({max_pixels:,}), or the largest image accepted could never be decoded")
     max_upload = int(max_upload_mb * 1024 * 1024)
-    max_pixels = int(max_pixels)
+    request_pixels = REQUEST_PIXELS_FACTOR * max_pixels
 
-    model = ServedModel(model_path, device=device, threads=threads)
+    model = ServedModel(model_path, device=device, threads=threads, weights=weights)
     batcher = Batcher(model.predict_batch, model.executor, max_batch=max_batch, wait_s=batch_wait_ms / 1000)
+    budget = PixelBudget(in_flight)
     page = _page()
     started = time.time()
-    counts = {"served": 0, "rejected": 0, "failed": 0, "images": 0}
+    counts = {"served": 0, "rejected": 0, "busy": 0, "failed": 0, "images": 0, "timed_out": 0, "disconnected": 0}
+    health = {"problem": None}  # set for good when the model gives a non-finite score
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -93,7 +149,7 @@ def create_app(model_path: str | Path, device: str = "cpu", max_upload_mb: float
         description=f"Surface-defect scores, decisions and heatmaps from a {model.method} model ({model.backend} backend, model id {model.model_id}). "
         "POST images to /predict as multipart uploads in field `files`.",
     )
-    app.state.model, app.state.batcher, app.state.counts = model, batcher, counts
+    app.state.model, app.state.batcher, app.state.counts, app.state.budget = model, batcher, counts, budget
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request, exc):
@@ -109,11 +165,34 @@ def create_app(model_path: str | Path, device: str = "cpu", max_upload_mb: float
     async def index():
         return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"})
 
-    @app.get("/health", response_model=HealthResponse, summary="Liveness, model id and counters")
-    async def health():
-        return {"status": "ok", "backend": model.backend, "method": model.method, "model_id": model.model_id,
-                "uptime_s": round(time.time() - started, 3), "requests_served": counts["served"], "requests_rejected": counts["rejected"],
-                "requests_failed": counts["failed"], "images_scored": counts["images"], "batching": batcher.stats}
+    def who(request: Request) -> str:
+        client = request.client
+        return f"{client[0]}:{client[1]}" if client else "unknown"
+
+    def gone(request: Request, when: str):
+        """One log line for a client that left; its (unsent) answer is an empty 499-style close."""
+        from fastapi.responses import Response
+
+        counts["disconnected"] += 1
+        log.info("client %s disconnected during %s %s (%s)", who(request), request.method, request.url.path, when)
+        return Response(status_code=499)
+
+    def unhealthy(detail: str):
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Connection": "close"})
+
+    @app.get("/health", response_model=HealthResponse, summary="Liveness, model id and counters",
+             responses={503: {"model": HealthResponse, "description": "unhealthy: the model gave a non-finite score"}})
+    async def health_check():
+        body = {"status": "unhealthy" if health["problem"] else "ok", "problem": health["problem"], "backend": model.backend,
+                "method": model.method, "model_id": model.model_id, "uptime_s": round(time.time() - started, 3),
+                "requests_served": counts["served"], "requests_rejected": counts["rejected"], "requests_busy": counts["busy"],
+                "requests_failed": counts["failed"], "requests_timed_out": counts["timed_out"], "clients_disconnected": counts["disconnected"],
+                "images_scored": counts["images"],
+                "pixels": {"in_flight": budget.used, "max_in_flight": budget.capacity, "peak_in_flight": budget.peak, "requests_waiting": budget.waiting},
+                "batching": batcher.stats}
+        if health["problem"]:
+            return JSONResponse(HealthResponse(**body).model_dump(), status_code=503)
+        return body
 
     @app.get("/model", summary="What the model is: method, input, threshold, metrics")
     async def model_info() -> dict[str, Any]:
@@ -139,10 +218,22 @@ def create_app(model_path: str | Path, device: str = "cpu", max_upload_mb: float
             shown = kind.split(";")[0] or "none"
             raise BadInput(415, f"request content type is {shown}; send images as multipart/form-data in field 'files'")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + body_timeout_s
+        while True:  # request.stream() has no timeout: a stalled client would hold the request for ever
+            try:
+                message = await asyncio.wait_for(request.receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                counts["timed_out"] += 1
+                log.info("client %s did not send its body within %g s: answered 408 and closed", who(request), body_timeout_s)
+                raise BadInput(408, f"the request body did not arrive within {body_timeout_s:g} s") from None
+            if message["type"] == "http.disconnect":
+                raise ClientGone("while sending the body")
+            body += message.get("body", b"")
             if len(body) > max_upload:
                 raise BadInput(413, f"upload is over the limit of {max_upload_mb:g} MB per request")
+            if not message.get("more_body", False):
+                break
         if not body:
             raise BadInput(400, "empty request: send images as multipart/form-data in field 'files'")
 
@@ -170,26 +261,61 @@ def create_app(model_path: str | Path, device: str = "cpu", max_upload_mb: float
             raise BadInput(400, "no images in the request: send them as multipart/form-data in field 'files'")
         return uploads
 
-    def decode_all(uploads: list[tuple[str, str | None, bytes]], channels: int):
-        """Every upload checked (cheap checks of all first) and then decoded."""
-        total = 0
+    def check_all(uploads: list[tuple[str, str | None, bytes]]) -> list[int]:
+        """Pixels of every upload from its header (no decoding); 4xx for the first bad one."""
+        sizes = []
         for name, content_type, data in uploads:
             check_content_type(name, content_type)
             width, height = header_size(name, data, max_pixels)
-            total += width * height
-        if total > REQUEST_PIXELS_FACTOR * max_pixels:
-            raise BadInput(413, f"the request's {len(uploads)} images hold {total:,} pixels, over the limit of {REQUEST_PIXELS_FACTOR * max_pixels:,} per request; send fewer per request")
-        return [decode(name, data, channels) for name, _, data in uploads]
+            sizes.append(width * height)
+        total = sum(sizes)
+        if total > request_pixels:
+            raise BadInput(413, f"the request's {len(uploads)} images hold {total:,} pixels, over the limit of {request_pixels:,} per request; send fewer per request")
+        return sizes
 
-    def results(names: list[str], images: list, predictions: list, heatmap: str) -> list[dict[str, Any]]:
+    def decode_prepare(name: str, data: bytes, keep: bool):
+        """(shape, prepared input, the picture when ``keep``): the picture is dropped as soon as it is prepared."""
+        image = decode(name, data, model.channels)
+        return image.shape[:2], model.prepare(image), image if keep else None
+
+    def results(names: list[str], decoded: list, predictions: list, heatmap: str) -> list[dict[str, Any]]:
         out = []
-        for name, image, p in zip(names, images, predictions):
+        for name, (shape, _, image), p in zip(names, decoded, predictions):
+            height, width = int(shape[0]), int(shape[1])
             row = {"filename": name, "score": p.score, "decision": "defective" if p.decision else "good", "defective": bool(p.decision),
-                   "threshold": p.threshold, "logit": p.logit, "width": int(image.shape[1]), "height": int(image.shape[0])}
+                   "threshold": p.threshold, "logit": p.logit, "width": width, "height": height}
             if heatmap != "none":
-                row["heatmap_png"] = heatmap_png(heatmap, image, p.heatmap, model.heatmap_scale)
+                row["heatmap_png"] = heatmap_png(heatmap, image, model.full_heatmap(p, width, height), model.heatmap_scale)
             out.append(finite(row))
         return out
+
+    async def unless_gone(request: Request, awaitable):
+        """``awaitable``'s result, or ClientGone (and it cancelled) when the client leaves first.
+        Only for waits that hold nothing (the pixel budget): work already started is finished."""
+        work = asyncio.ensure_future(awaitable)
+
+        async def watch():
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not work.done():
+                work.cancel()
+                try:
+                    await work
+                except asyncio.CancelledError:
+                    pass
+                raise ClientGone("while waiting for room to decode its images")
+        return work.result()
+
+    def busy(pixels: int):
+        counts["busy"] += 1
+        return JSONResponse({"detail": f"busy: {budget.used:,} of {budget.capacity:,} decoded pixels are in flight and this request's {pixels:,} "
+                             f"did not fit within {queue_timeout_s:g} s; retry later"}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.post(
         "/predict",
@@ -205,17 +331,71 @@ def create_app(model_path: str | Path, device: str = "cpu", max_upload_mb: float
                    415: {"description": "not multipart, or a part that is not an image"}, 422: {"description": "empty, truncated or corrupt image; bad query"}},
     )
     async def predict(request: Request, heatmap: Literal["none", "overlay", "map"] = Query("none", description="none, overlay (heatmap over the image) or map (heatmap alone)")):
+        if health["problem"]:
+            return unhealthy(f"the service is unhealthy: {health['problem']}; restart it with sound weights")
         try:
             uploads = await read_uploads(request)
-            images = await run_in_threadpool(decode_all, uploads, model.channels)
+            sizes = await run_in_threadpool(check_all, uploads)
+        except ClientGone as exc:
+            return gone(request, str(exc))
         except BadInput as exc:
-            return refuse(exc)
+            response = refuse(exc)
+            if exc.status == 408:  # the rest of the body may still come: nothing can follow on this connection
+                response.headers["Connection"] = "close"
+            return response
+        names = [name for name, _, _ in uploads]
+        keep = heatmap != "none"
+        # hold: the full pictures live until the answer (ONNX input, or a heatmap to draw), so the
+        # request reserves all its pixels at once; else each image only while it is decoded and prepared
+        hold = keep or model.holds_full_images
+        if hold and sum(sizes) > budget.capacity:
+            return refuse(BadInput(413, f"the request's {len(uploads)} images hold {sum(sizes):,} pixels, over the {budget.capacity:,} pixels in flight "
+                                        f"this service allows{' for a request with a heatmap' if keep else ''}; send fewer per request"))
+        reserved = 0
         try:
-            predictions = await batcher.submit(images)
-            rows = await run_in_threadpool(results, [name for name, _, _ in uploads], images, predictions, heatmap)
+            decoded = []
+            try:
+                if hold:
+                    if not await unless_gone(request, budget.acquire(sum(sizes), queue_timeout_s)):
+                        return busy(sum(sizes))
+                    reserved = sum(sizes)
+                for (name, _, data), pixels in zip(uploads, sizes):
+                    if not hold:
+                        if not await unless_gone(request, budget.acquire(pixels, queue_timeout_s)):
+                            return busy(pixels)
+                        reserved = pixels
+                    decoded.append(await run_in_threadpool(decode_prepare, name, data, keep))
+                    if not hold:
+                        budget.release(reserved)
+                        reserved = 0
+            except ClientGone as exc:
+                return gone(request, str(exc))
+            except BadInput as exc:
+                return refuse(exc)
+            del uploads  # the compressed bytes are not needed any more
+            outcomes = await batcher.submit([prepared for _, prepared, _ in decoded], return_exceptions=True)
+            for name, outcome in zip(names, outcomes):
+                if isinstance(outcome, NonFiniteScore):
+                    problem = f"{name}: {outcome}"
+                    if not health["problem"]:
+                        health["problem"] = problem
+                        log.error("the model gave a non-finite score (%s) for %s: the service is unhealthy from now on; /health answers 503", outcome.value, name)
+                    counts["failed"] += 1
+                    return unhealthy(f"{problem}; the service is unhealthy now")
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            try:
+                rows = await run_in_threadpool(results, names, decoded, outcomes, heatmap)
+            except Exception as exc:
+                raise RuntimeError(f"drawing the heatmap failed: {exc}") from exc
         except Exception as exc:  # the model failed on a valid image: say so, keep serving
             counts["failed"] += 1
             return JSONResponse({"detail": f"scoring failed: {type(exc).__name__}: {exc}"}, status_code=500)
+        finally:
+            if reserved:
+                budget.release(reserved)
+        if await request.is_disconnected():
+            return gone(request, "before its answer was sent")
         counts["served"] += 1
         counts["images"] += len(rows)
         return {"model_id": model.model_id, "backend": model.backend, "method": model.method, "threshold": finite(model.threshold), "results": rows}
@@ -223,11 +403,46 @@ def create_app(model_path: str | Path, device: str = "cpu", max_upload_mb: float
     return app
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port``, or a ConfigError saying why not (one line, before
+    the model is loaded, where uvicorn would log a traceback or exit 1)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"port must be a whole number from 1 to 65535, got {port!r}")
+    if not isinstance(host, str) or not host.strip():
+        raise ConfigError(f"host must be an address or a host name, got {host!r}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn chooses
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart need not wait for TIME_WAIT
+        sock.bind((host, port))
+    except (socket.gaierror, UnicodeError) as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: no such address or host name ({exc})") from None
+    except OSError as exc:
+        sock.close()
+        why = "the port is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        raise ConfigError(f"cannot listen on {host}:{port}: {why}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", max_upload_mb: float = 20.0,
           max_pixels: int = 40_000_000, max_batch: int = 8, batch_wait_ms: float = 5.0, threads: int | None = None,
-          log_level: str = "info") -> None:
-    """Run the service with uvicorn until interrupted (loopback only unless ``host`` says otherwise)."""
+          log_level: str = "info", max_pixels_in_flight: int | None = None, body_timeout_s: float = 30.0,
+          queue_timeout_s: float = 10.0, announce=None, weights: str = "model.safetensors") -> None:
+    """Run the service with uvicorn until interrupted (loopback only unless ``host`` says otherwise).
+    A bad option, a busy port or a broken model is a DefectkitError before anything is served;
+    ``announce()`` is called once all of that has passed."""
     import uvicorn
 
-    app = create_app(model_path, device=device, max_upload_mb=max_upload_mb, max_pixels=max_pixels, max_batch=max_batch, batch_wait_ms=batch_wait_ms, threads=threads)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    sock = listen(host, port)
+    try:
+        app = create_app(model_path, device=device, max_upload_mb=max_upload_mb, max_pixels=max_pixels, max_batch=max_batch,
+                         batch_wait_ms=batch_wait_ms, threads=threads, max_pixels_in_flight=max_pixels_in_flight,
+                         body_timeout_s=body_timeout_s, queue_timeout_s=queue_timeout_s, weights=weights)
+        if announce is not None:
+            announce()
+        config = uvicorn.Config(app, log_level=log_level, h11_max_incomplete_event_size=16 * 1024)  # h11's default, stated: larger heads get 400
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()

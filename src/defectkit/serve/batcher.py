@@ -8,12 +8,17 @@ that thread) and resolves each image's future. While a batch runs, new images qu
 form the next batch: under load the batches fill by themselves, and a lone request waits at
 most ``wait_s`` before it is scored. Images of different sizes share a batch (both
 predictors accept that). A request whose client went away is skipped.
+
+:class:`PixelBudget` bounds the decoded pixels the service holds across all requests at once
+(the memory an upload costs is its decoded size, not its compressed one): a request reserves
+its pixels, read from the image headers, before anything is decoded, waits in line while the
+budget is spent, and gives up after a bounded wait (the service answers 503 busy).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import Executor
 from typing import Any, Callable
 
@@ -53,8 +58,9 @@ class Batcher:
             if not future.done():
                 future.set_exception(RuntimeError("the service is shutting down"))
 
-    async def submit(self, images: list) -> list:
-        """Predictions of ``images`` (in order), scored in batches with other requests' images."""
+    async def submit(self, images: list, return_exceptions: bool = False) -> list:
+        """Predictions of ``images`` (in order), scored in batches with other requests' images;
+        with ``return_exceptions`` an image the model failed on gives its exception in its place."""
         self.start()
         loop = asyncio.get_running_loop()
         futures = []
@@ -62,7 +68,7 @@ class Batcher:
             future = loop.create_future()
             self._queue.put_nowait((image, future))
             futures.append(future)
-        return list(await asyncio.gather(*futures))
+        return list(await asyncio.gather(*futures, return_exceptions=return_exceptions))
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -127,3 +133,59 @@ class Batcher:
                 else:
                     future.set_exception(value)
             self._running = []
+
+
+class PixelBudget:
+    """At most ``capacity`` pixels reserved at once; reservations are granted first come, first
+    served, so a large request is not starved by a stream of small ones."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.used = int(capacity), 0
+        self.peak = 0  # the most pixels reserved at once so far
+        self.waiting = 0
+        self._waiters: deque = deque()  # (pixels, future) in arrival order
+
+    async def acquire(self, pixels: int, timeout_s: float) -> bool:
+        """Reserve ``pixels``, waiting up to ``timeout_s``; False when the wait ran out."""
+        if pixels > self.capacity:
+            raise ValueError(f"{pixels} pixels can never fit in a budget of {self.capacity}")
+        if not self._waiters and self.used + pixels <= self.capacity:
+            self._take(pixels)
+            return True
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((pixels, future))
+        self.waiting += 1
+        try:
+            await asyncio.wait_for(future, timeout_s)
+            return True
+        except TimeoutError:
+            return False
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # granted just as the caller gave up
+                self.release(pixels)
+            raise
+        finally:
+            self.waiting -= 1
+            if not future.done():
+                future.cancel()
+            self._grant()  # a request that gave up at the head of the line may have held others back
+
+    def release(self, pixels: int) -> None:
+        self.used -= pixels
+        self._grant()
+
+    def _take(self, pixels: int) -> None:
+        self.used += pixels
+        self.peak = max(self.peak, self.used)
+
+    def _grant(self) -> None:
+        while self._waiters:
+            pixels, future = self._waiters[0]
+            if future.done():  # its request gave up
+                self._waiters.popleft()
+                continue
+            if self.used + pixels > self.capacity:
+                return
+            self._waiters.popleft()
+            self._take(pixels)
+            future.set_result(None)

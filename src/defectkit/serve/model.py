@@ -4,6 +4,17 @@ The predictor is built and always used in one thread of its own (``executor``), 
 model or an onnxruntime session never sees two threads. ``info`` is what ``GET /model``
 shows: method, preset, input size, channels, backend, threshold with its source, and the
 run's test metrics (a run folder) or the export's sidecar fields (an ONNX model).
+
+Memory: an upload is turned into what the model takes as soon as it is decoded
+(:meth:`ServedModel.prepare`). For a run folder that is the network input (the library's own
+``network_input``, so the scores are the predictor's), and the full-size picture can be dropped
+at once; the full-resolution heatmap is only drawn when a request asks for it
+(:meth:`ServedModel.full_heatmap`). An ONNX graph preprocesses inside, so it is given the
+decoded picture and returns the full-size heatmap (``holds_full_images``).
+
+A score that is not finite (NaN weights, an overflow) is never turned into a decision:
+:class:`NonFiniteScore` is raised instead, and a model that scores a blank image so is refused
+when it is loaded.
 """
 
 from __future__ import annotations
@@ -18,6 +29,21 @@ from ..errors import ConfigError, DataError
 from ..files import sha256
 
 
+class NonFiniteScore(Exception):
+    """The model gave NaN or an infinity for an image: no decision can be made from it."""
+
+    def __init__(self, value: float):
+        super().__init__(f"the model gave a non-finite score ({value}); no decision can be made from it")
+        self.value = value
+
+
+def check_device(device: str) -> None:
+    """A device PyTorch knows and this machine has (``accel.resolve``: a ConfigError otherwise)."""
+    from ..methods.accel import resolve
+
+    resolve(device, "fp32")
+
+
 def finite(value: Any) -> Any:
     """``value`` with NaN and infinities replaced by None (JSON has neither)."""
     if isinstance(value, float):
@@ -30,13 +56,18 @@ def finite(value: Any) -> Any:
 
 
 class ServedModel:
-    def __init__(self, model_path: str | Path, device: str = "cpu", threads: int | None = None):
+    """The predictor, its one thread, and the steps the service runs around it."""
+
+    def __init__(self, model_path: str | Path, device: str = "cpu", threads: int | None = None, weights: str = runs.MODEL):
         self.path = Path(model_path)
+        self.weights_name = weights
         self.backend = "onnx" if self.path.suffix == ".onnx" else "torch"
         if self.backend == "onnx" and device != "cpu":
             raise ConfigError(f"{self.path.name}: an ONNX model runs on the CPU (onnxruntime's CPU provider); device must be 'cpu', got {device!r}")
         if self.backend == "torch" and not self.path.exists():
             raise DataError(f"{self.path}: no such run folder or .onnx model")
+        if self.backend == "torch":
+            check_device(device)
         self.device = device
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="defectkit-model")
         if threads is not None and threads < 1:
@@ -49,9 +80,27 @@ class ServedModel:
             self.weights = self.path
             self.model_id = p.meta["model_sha256"][:16]  # the predictor checked it against the file
         else:
-            self.weights = self.path / runs.MODEL
+            self.weights = self.path / weights
             self.model_id = sha256(self.weights)[:16]
+        self.holds_full_images = self.backend == "onnx"  # the graph takes the whole picture and gives a full-size heatmap
+        if self.backend == "onnx":
+            self.input_size = tuple(p.meta["input"]["network_size"])
+        else:
+            self.input_size = tuple(p.pre.input_size)
         self.info = finite(self._describe())
+        self._probe()
+
+    def _probe(self) -> None:
+        """Score a mid-grey image once: weights that give NaN or infinity refuse to serve at all."""
+        import numpy as np
+
+        width, height = self.input_size
+        shape = (height, width) if self.channels == 1 else (height, width, 3)
+        try:
+            self.executor.submit(self.predict_batch, [self.prepare(np.full(shape, 128, np.uint8))]).result()
+        except NonFiniteScore as exc:
+            self.close()
+            raise DataError(f"{self.weights}: {exc} on a plain grey test image; the weights are broken (NaN or infinite values, or they overflow): retrain or restore them") from None
 
     def _load(self, threads: int | None):
         """The predictor, with ``threads`` compute threads (default: the library's own: one per core).
@@ -66,11 +115,54 @@ class ServedModel:
             import torch
 
             torch.set_num_threads(threads)
-        return defectkit.load(self.path, device=self.device)
+        return defectkit.load(self.path, device=self.device, weights=self.weights_name)
 
-    def predict_batch(self, images: list) -> list:
-        """Run in ``executor`` only (the batcher does)."""
-        return self.predictor.predict_batch(images)
+    def prepare(self, image):
+        """What :meth:`predict_batch` takes for a decoded uint8 picture; runs in any thread.
+        A run folder's network input is small, so the picture need not be kept for scoring."""
+        if self.backend == "onnx":
+            return image
+        from ..data.preprocess import network_input
+
+        return network_input(image, self.input_size)
+
+    def predict_batch(self, prepared: list) -> list:
+        """Predictions of :meth:`prepare`'d images; run in ``executor`` only (the batcher does).
+
+        A run folder's predictions carry the network-size map (:meth:`full_heatmap` draws it at
+        the picture's size): the score and decision are computed as
+        :meth:`defectkit.infer.predictor.Predictor.predict_batch` computes them, from the same
+        network input. Raises :class:`NonFiniteScore` rather than decide on NaN."""
+        import numpy as np
+
+        from ..infer.predictor import Prediction
+
+        p = self.predictor
+        if self.backend == "onnx":
+            out = p.predict_batch(prepared)
+            for prediction in out:
+                if not math.isfinite(prediction.score) or (prediction.logit is not None and not math.isfinite(prediction.logit)):
+                    raise NonFiniteScore(prediction.score)
+            return out
+        raws, maps = p.trained.score_batch(np.stack(prepared))
+        out = []
+        for z, small in zip(raws, maps):
+            if not math.isfinite(float(z)):
+                raise NonFiniteScore(float(z))
+            score = float(p.trained.to_score(z))
+            if not math.isfinite(score):
+                raise NonFiniteScore(score)
+            out.append(Prediction(score, bool(z >= p.threshold_raw), small, p.threshold, float(z) if p.raw_is_logit else None))
+        return out
+
+    def full_heatmap(self, prediction, width: int, height: int):
+        """The heatmap at the picture's size (as the predictor resizes it); any thread."""
+        if prediction.heatmap.shape == (height, width):
+            return prediction.heatmap
+        import cv2
+        import numpy as np
+
+        return cv2.resize(prediction.heatmap, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float32, copy=False)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False)
@@ -92,12 +184,7 @@ class ServedModel:
         width, height = p.pre.input_size
         metrics_path = self.path / runs.METRICS
         metrics = runs.read_json(metrics_path) if metrics_path.is_file() else None
-        stored = runs.stored_threshold(self.path)  # threshold.json wins over metrics.json, as for every predictor
-        if isinstance(stored, dict) and stored.get("source"):
-            threshold.update(source=stored["source"], policy=stored.get("policy"), file=runs.THRESHOLD)
-        elif isinstance(metrics, dict) and metrics.get("threshold_source"):
-            threshold.update(source=metrics["threshold_source"], file=runs.METRICS)
-        else:
-            threshold["source"] = "default: probability 0.5 (the run has not been evaluated)"
+        record = p.threshold_source  # threshold.json, else metrics.json, as for every predictor
+        threshold.update(source=record.get("source"), policy=record.get("policy"), file=record.get("file"))
         info.update(preset=getattr(p.config, "preset", None), input_size={"width": width, "height": height}, threshold=threshold, metrics=metrics)
         return info
