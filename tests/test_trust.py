@@ -186,3 +186,21 @@ def test_out_of_memory_is_one_line(monkeypatch, capsys):
     assert cli.main(["eval", "x"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: out of memory") and "--input-size" in err
+
+
+def test_predict_never_scores_its_own_output(run, data, tmp_path, run_cli):
+    inputs = Path(shutil.copytree(data / "test", tmp_path / "in"))
+    n = len(list(inputs.rglob("*.png")))
+    for _ in range(2):  # the second time the first run's overlays lie inside the input folder
+        code, _, err = run_cli("predict", run, inputs, "--out", inputs / "predicted", "--overwrite")
+        assert code == 0, err
+        assert len(list(csv.DictReader(open(inputs / "predicted" / "predictions.csv")))) == n
+
+
+def test_pixel_metrics_without_a_defective_pixel_are_undefined_not_nan(run, data, tmp_path):
+    blank = Path(shutil.copytree(data, tmp_path / "blank"))
+    for mask in (blank / "masks").glob("*.png"):
+        cv2.imwrite(str(mask), np.zeros_like(cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE)))
+    metrics = evaluate_run(run, data_root=blank, log=quiet)
+    assert "pixel_auroc" not in metrics and metrics["pixel_metrics"].startswith("undefined: no defective pixel")
+    assert runs.read_json(run / runs.METRICS)["pixel_metrics"] == metrics["pixel_metrics"]

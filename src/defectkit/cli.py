@@ -198,6 +198,8 @@ def _print_metrics(metrics: dict, run_dir: Path) -> None:
     if "pixel_auroc" in metrics:
         width, height = metrics["pixel_size"]
         console.print(f"pixel AUROC {metrics['pixel_auroc']:.4f}  pixel AP {metrics['pixel_ap']:.4f}  AUPRO {metrics['aupro']:.4f} ({metrics['pixel_images']} images at {width}x{height})")
+    elif "pixel_metrics" in metrics:
+        console.print(f"pixel metrics {metrics['pixel_metrics']}")
     if logit:
         console.print(f"decision threshold {metrics['decision_threshold']:.4f} (logit {metrics['decision_threshold_logit']:.2f}) from {metrics['threshold_source']}")
     else:
@@ -480,9 +482,10 @@ def predict(
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     found: dict[Path, tuple[Path, Path]] = {}  # resolved path -> (path, the input folder it was found under)
+    target = out.resolve()
     for item in inputs:
-        if item.is_dir():
-            listed = sorted(p for p in item.rglob("*") if is_image(p))
+        if item.is_dir():  # never this command's own output (overlays of an earlier run) as input
+            listed = sorted(p for p in item.rglob("*") if is_image(p) and not p.resolve().is_relative_to(target))
             pairs = [(p, item) for p in listed]
         elif item.is_file():
             pairs = [(item, item)]

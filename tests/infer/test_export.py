@@ -173,3 +173,19 @@ def test_cli_export_rejects_unknown_format(exported, run_cli):
     run, _ = exported
     code, _, err = run_cli("export", run, "--format", "tflite")
     assert code != 0 and "unknown export format 'tflite'" in err
+
+
+def test_onnx_predictor_refuses_a_nan_score(exported, data, monkeypatch):
+    _, model = exported
+    predictor = OnnxPredictor(model)
+    real = predictor.session.run
+
+    class NanSession:
+        def run(self, names, feeds):
+            score, raw, heatmap = real(names, feeds)
+            return np.full_like(score, np.nan), np.full_like(raw, np.nan), heatmap
+
+    monkeypatch.setattr(predictor, "session", NanSession())
+    image = next((data / "test" / "good").glob("*.png"))
+    with pytest.raises(DataError, match=f"{image.name}: the model gave a non-finite score"):
+        predictor.predict(image)

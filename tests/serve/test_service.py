@@ -446,7 +446,7 @@ def test_probe_refuses_weights_that_overflow(trained, tmp_path):
     tensors = {k: (v.fill_(3e38) if v.is_floating_point() else v) for k, v in load_file(str(run / "model.safetensors")).items()}
     save_file(tensors, str(run / "model.safetensors"))
     defectkit.runs.write_json(run / "threshold.json", {"value": 0.0, "source": "test"})
-    with pytest.raises(DataError, match=r"model\.safetensors: the model gave a non-finite score .* on a plain grey test image"):
+    with pytest.raises(DataError, match=r"model\.safetensors: the model gave a non-finite score .* for a plain grey test image"):
         create_app(run)
 
 

@@ -66,7 +66,13 @@ def score_samples(method, samples) -> tuple[np.ndarray, np.ndarray, dict]:
                 if sample.has_mask or not sample.is_defective:
                     maps.append(resize_to(heat, size))
                     masks.append(mask_at(sample, size))
-    pixels = {**M.pixel_metrics(masks, maps), "pixel_size": list(size), "pixel_images": len(masks)} if with_pixels else {}
+    pixels = {}
+    if with_pixels:
+        values = M.pixel_metrics(masks, maps)
+        if all(np.isfinite(v) for v in values.values()):
+            pixels = {**values, "pixel_size": list(size), "pixel_images": len(masks)}
+        else:  # undefined, not NaN: no mask has a defective pixel at this size
+            pixels = {"pixel_metrics": f"undefined: no defective pixel in the {len(masks)} test masks at {size[0]}x{size[1]}"}
     return labels, np.concatenate(raw_parts), pixels
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import DataError
 from ..files import sha256
 from .export import FORMAT_VERSION, sidecar_path
-from .predictor import Prediction, to_array
+from .predictor import NonFiniteScore, Prediction, to_array
 
 
 class OnnxPredictor:
@@ -57,6 +57,7 @@ class OnnxPredictor:
         self.heatmap_scale = float(self.meta["heatmap_scale"])
 
     def predict_batch(self, images: list) -> list[Prediction]:
+        """One prediction per image; a non-finite score is :class:`NonFiniteScore`, never a decision."""
         arrays = [to_array(im, self.channels) for im in images]
         out: list[Prediction | None] = [None] * len(arrays)
         groups: dict[tuple, list[int]] = {}
@@ -67,6 +68,8 @@ class OnnxPredictor:
             batch = stack[:, None] if stack.ndim == 3 else stack.transpose(0, 3, 1, 2)
             score, raw, heatmap = self.session.run(None, {"image": np.ascontiguousarray(batch)})
             for j, i in enumerate(members):
+                if not (np.isfinite(score[j]) and np.isfinite(raw[j])):
+                    raise NonFiniteScore(float(raw[j]), str(images[i]) if isinstance(images[i], (str, Path)) else f"image {i} of the batch")
                 logit = float(raw[j]) if self.raw_is_logit else None
                 out[i] = Prediction(float(score[j]), bool(raw[j] >= self.threshold_raw), heatmap[j].astype(np.float32), self.threshold, logit)
         return out

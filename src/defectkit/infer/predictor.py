@@ -7,6 +7,7 @@ anomaly score and their anomaly map.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,14 @@ import numpy as np
 
 from .. import runs
 from ..errors import DataError
+
+
+class NonFiniteScore(DataError):
+    """The model gave NaN or an infinity for an image: no decision can be made from it."""
+
+    def __init__(self, value: float, where: str = "an image"):
+        super().__init__(f"{where}: the model gave a non-finite score ({value}); no decision can be made from it")
+        self.value = value
 
 
 @dataclass
@@ -63,23 +72,33 @@ class Predictor:
         self.channels = self.pre.channels  # 1 gray, 3 RGB: how callers should read images
         self.heatmap_scale = method.heatmap_scale(self.threshold_raw)
 
+    def network_input(self, image: Any) -> np.ndarray:
+        """What the network takes for one image (any kind :func:`to_array` reads)."""
+        from ..data.preprocess import network_input
+
+        return network_input(to_array(image, self.pre.channels), self.pre.input_size)
+
+    def predict_inputs(self, x: np.ndarray, names: list[str] | None = None) -> list[Prediction]:
+        """Predictions of a stack of :meth:`network_input`'s, heatmaps at the network's size.
+        A non-finite score is :class:`NonFiniteScore` (naming ``names[i]``), never a decision."""
+        raws, maps = self.trained.score_batch(x)
+        out = []
+        for i, (z, small) in enumerate(zip(raws, maps)):
+            score = float(self.trained.to_score(z))
+            if not (math.isfinite(float(z)) and math.isfinite(score)):
+                raise NonFiniteScore(float(z), names[i] if names else f"image {i} of the batch")
+            out.append(Prediction(score, bool(z >= self.threshold_raw), small, self.threshold, float(z) if self.raw_is_logit else None))
+        return out
+
     def predict_batch(self, images: list) -> list[Prediction]:
         import cv2
 
-        from ..data.preprocess import network_input
-
         arrays = [to_array(im, self.pre.channels) for im in images]
-        x = np.stack([network_input(a, self.pre.input_size) for a in arrays])
-        raws, maps = self.trained.score_batch(x)
-        broken = [i for i, z in enumerate(raws) if not np.isfinite(z)]
-        if broken:
-            where = next((str(im) for im in (images[i] for i in broken) if isinstance(im, (str, Path))), f"image {broken[0]} of the batch")
-            raise DataError(f"{where}: the model gave a non-finite score ({raws[broken[0]]}); no decision can be made from it")
-        out = []
-        for array, z, small in zip(arrays, raws, maps):
-            heatmap = cv2.resize(small, (array.shape[1], array.shape[0]), interpolation=cv2.INTER_LINEAR)
-            logit = float(z) if self.raw_is_logit else None
-            out.append(Prediction(float(self.trained.to_score(z)), bool(z >= self.threshold_raw), heatmap.astype(np.float32), self.threshold, logit))
+        x = np.stack([self.network_input(a) for a in arrays])
+        names = [str(im) if isinstance(im, (str, Path)) else f"image {i} of the batch" for i, im in enumerate(images)]
+        out = self.predict_inputs(x, names)
+        for array, p in zip(arrays, out):
+            p.heatmap = cv2.resize(p.heatmap, (array.shape[1], array.shape[0]), interpolation=cv2.INTER_LINEAR).astype(np.float32)
         return out
 
     def predict(self, image: Any) -> Prediction:

@@ -376,7 +376,7 @@ def create_app(model_path: str | Path, device: str = "cpu", max_upload_mb: float
             outcomes = await batcher.submit([prepared for _, prepared, _ in decoded], return_exceptions=True)
             for name, outcome in zip(names, outcomes):
                 if isinstance(outcome, NonFiniteScore):
-                    problem = f"{name}: {outcome}"
+                    problem = f"{name}: the model gave a non-finite score ({outcome.value}); no decision can be made from it"
                     if not health["problem"]:
                         health["problem"] = problem
                         log.error("the model gave a non-finite score (%s) for %s: the service is unhealthy from now on; /health answers 503", outcome.value, name)

@@ -27,14 +27,7 @@ from typing import Any
 from .. import runs
 from ..errors import ConfigError, DataError
 from ..files import sha256
-
-
-class NonFiniteScore(Exception):
-    """The model gave NaN or an infinity for an image: no decision can be made from it."""
-
-    def __init__(self, value: float):
-        super().__init__(f"the model gave a non-finite score ({value}); no decision can be made from it")
-        self.value = value
+from ..infer.predictor import NonFiniteScore
 
 
 def check_device(device: str) -> None:
@@ -100,7 +93,7 @@ class ServedModel:
             self.executor.submit(self.predict_batch, [self.prepare(np.full(shape, 128, np.uint8))]).result()
         except NonFiniteScore as exc:
             self.close()
-            raise DataError(f"{self.weights}: {exc} on a plain grey test image; the weights are broken (NaN or infinite values, or they overflow): retrain or restore them") from None
+            raise DataError(f"{self.weights}: the model gave a non-finite score ({exc.value}) for a plain grey test image; the weights are broken (NaN or infinite values, or they overflow): retrain or restore them") from None
 
     def _load(self, threads: int | None):
         """The predictor, with ``threads`` compute threads (default: the library's own: one per core).
@@ -120,11 +113,7 @@ class ServedModel:
     def prepare(self, image):
         """What :meth:`predict_batch` takes for a decoded uint8 picture; runs in any thread.
         A run folder's network input is small, so the picture need not be kept for scoring."""
-        if self.backend == "onnx":
-            return image
-        from ..data.preprocess import network_input
-
-        return network_input(image, self.input_size)
+        return image if self.backend == "onnx" else self.predictor.network_input(image)
 
     def predict_batch(self, prepared: list) -> list:
         """Predictions of :meth:`prepare`'d images; run in ``executor`` only (the batcher does).
@@ -132,28 +121,11 @@ class ServedModel:
         A run folder's predictions carry the network-size map (:meth:`full_heatmap` draws it at
         the picture's size): the score and decision are computed as
         :meth:`defectkit.infer.predictor.Predictor.predict_batch` computes them, from the same
-        network input. Raises :class:`NonFiniteScore` rather than decide on NaN."""
+        network input. Both predictors raise :class:`NonFiniteScore` rather than decide on NaN."""
         import numpy as np
 
-        from ..infer.predictor import Prediction
-
         p = self.predictor
-        if self.backend == "onnx":
-            out = p.predict_batch(prepared)
-            for prediction in out:
-                if not math.isfinite(prediction.score) or (prediction.logit is not None and not math.isfinite(prediction.logit)):
-                    raise NonFiniteScore(prediction.score)
-            return out
-        raws, maps = p.trained.score_batch(np.stack(prepared))
-        out = []
-        for z, small in zip(raws, maps):
-            if not math.isfinite(float(z)):
-                raise NonFiniteScore(float(z))
-            score = float(p.trained.to_score(z))
-            if not math.isfinite(score):
-                raise NonFiniteScore(score)
-            out.append(Prediction(score, bool(z >= p.threshold_raw), small, p.threshold, float(z) if p.raw_is_logit else None))
-        return out
+        return p.predict_inputs(np.stack(prepared)) if self.backend == "torch" else p.predict_batch(prepared)
 
     def full_heatmap(self, prediction, width: int, height: int):
         """The heatmap at the picture's size (as the predictor resizes it); any thread."""
