@@ -204,3 +204,13 @@ def test_pixel_metrics_without_a_defective_pixel_are_undefined_not_nan(run, data
     metrics = evaluate_run(run, data_root=blank, log=quiet)
     assert "pixel_auroc" not in metrics and metrics["pixel_metrics"].startswith("undefined: no defective pixel")
     assert runs.read_json(run / runs.METRICS)["pixel_metrics"] == metrics["pixel_metrics"]
+
+
+def test_a_run_is_never_evaluated_on_data_made_up_for_it(run, tmp_path, run_cli):
+    # the synthetic reader generates a dataset where none is: never for a trained run's data
+    for command in (["eval", run], ["threshold", run, "--split", "validation"]):
+        code, _, err = run_cli(*command, "--data-root", tmp_path / "gone")
+        assert code == 2 and "gone: data root not found" in err and not (tmp_path / "gone").exists(), (command, err)
+    # the report is of the recorded predictions: it is written, saying the images are not there
+    code, _, err = run_cli("report", run, "--out", tmp_path / "r.html", "--data-root", tmp_path / "gone")
+    assert code == 0 and "data root not found" in (tmp_path / "r.html").read_text() and not (tmp_path / "gone").exists()

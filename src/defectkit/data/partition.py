@@ -74,12 +74,20 @@ def partition(samples: list[Sample], *, test_share: float = 0.3, validation_shar
     return {k: parts[k] for k in sorted(parts, key=lambda k: (SPLIT_ORDER.index(k) if k in SPLIT_ORDER else len(SPLIT_ORDER), k))}
 
 
-def read_parts(config, data_root=None) -> dict[str, list[Sample]]:
+def read_parts(config, data_root=None, of_run: bool = False) -> dict[str, list[Sample]]:
     """A training config's data by split, exactly as training read it (``data_root``: where the
-    data is now, if it moved)."""
+    data is now, if it moved). ``of_run``: the data of a trained run, so a data root that is
+    not there is an error: a reader that makes its data (synthetic) must not make other data
+    to evaluate on."""
+    from pathlib import Path
+
+    from ..errors import DataError
     from .datasets import read_dataset
 
     root = data_root if data_root is not None else config.data_root
+    if of_run and root is not None and not Path(root).exists():
+        moved = f" (the run was trained on {config.data_root})" if data_root is not None else ""
+        raise DataError(f"{root}: data root not found{moved}; pass --data-root where the run's data is now")
     seed = config.seed if config.split_seed is None else config.split_seed
     samples = read_dataset(config.dataset, root, config.split, config.fold)
     share = validation_share_for(config.dataset, config.split, config.validation_share)

@@ -80,7 +80,7 @@ def read_test_split(config, data_root=None) -> tuple[dict, list]:
     """(all splits, test samples) of a run's config, read the way training read them."""
     from ..data.partition import read_parts
 
-    parts = read_parts(config, data_root)
+    parts = read_parts(config, data_root, of_run=True)
     test = parts.get("test")
     if not test:
         raise DataError(f"dataset {config.dataset}: no test split to evaluate on")
@@ -196,7 +196,7 @@ def policy_scores(run_dir: Path, policy: str, split: str = "auto", data_root=Non
     if split in ("auto", "validation"):
         from ..data.partition import read_parts
 
-        validation = read_parts(method.read_config(run_dir)[0], data_root).get("validation") or []
+        validation = read_parts(method.read_config(run_dir)[0], data_root, of_run=True).get("validation") or []
         labels = np.array([s.is_defective for s in validation], dtype=bool)
         usable = labels.size and (name == "max-fpr" or labels.any()) and (name != "max-fpr" or not labels.all())
         if usable:
