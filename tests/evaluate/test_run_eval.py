@@ -44,10 +44,10 @@ def test_resize_and_masks_at_the_evaluation_size(tmp_path):
 
 
 def test_registry_names_and_errors(tmp_path):
-    assert method_names() == ["segdec", "ear", "riad"]
-    assert [get_method(n).needs_defects for n in method_names()] == [True, False, False]
+    assert method_names() == ["segdec", "ear", "riad", "patchcore"]
+    assert [get_method(n).needs_defects for n in method_names()] == [True, False, False, False]
     assert get_method("riad").Config.__name__ == "RiadConfig"
-    with pytest.raises(ConfigError, match="unknown method 'padim'; available: segdec, ear, riad"):
+    with pytest.raises(ConfigError, match="unknown method 'padim'; available: segdec, ear, riad, patchcore"):
         get_method("padim")
     runs.write_yaml(tmp_path / runs.CONFIG, {"train": {}, "model": {}})
     assert method_name_of_run(tmp_path) == "segdec"  # folders from before there were several methods

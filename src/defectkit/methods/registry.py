@@ -21,6 +21,7 @@ BUILTIN = {
     "segdec": "defectkit.methods.segdec:SegDec",
     "ear": "defectkit.methods.ear:Ear",
     "riad": "defectkit.methods.riad:Riad",
+    "patchcore": "defectkit.methods.patchcore:PatchCore",
 }
 DEFAULT_METHOD = "segdec"  # what `train` trains without --method, and what `demo` shows
 REGISTERED: dict[str, type] = {}

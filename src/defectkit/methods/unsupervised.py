@@ -21,6 +21,7 @@ how the input is hidden and the reconstruction assembled (``hidden_reconstructio
   calibration images' scores: the held-out good images, or the training good images
   themselves when ``holdout`` is 0 (their scores run low, since the net has learned them).
   Fixed at the end of training in ``threshold.json``; ``metrics.json`` repeats it.
+  The hold-out and this rule are :class:`HeldOutCalibration`, which PatchCore uses too.
 """
 
 from __future__ import annotations
@@ -71,7 +72,41 @@ class ReconstructionConfig(MethodConfig):
         return size if size % 2 else size + 1
 
 
-class Reconstruction(Method):
+class HeldOutCalibration:
+    """Good-only training with a seeded share of the good training images held out, and the
+    decision threshold as a quantile of their scores (a mixin of :class:`Method`; the config
+    needs ``holdout``, ``threshold_quantile`` and ``seed``). Written once for every method
+    trained on good images only."""
+
+    def split_training(self, parts: dict[str, list[Sample]]) -> tuple[list[Sample], list[Sample]]:
+        """(good images to train on, held-out good images for the threshold)."""
+        good = [s for s in parts.get("train", []) if not s.is_defective]
+        labels = [s.is_defective for s in parts.get("validation") or []]
+        if (any(labels) and not all(labels)) or self.config.holdout == 0 or len(good) < 2:  # the validation split sets it
+            return good, []
+        count = min(max(1, round(self.config.holdout * len(good))), len(good) - 1)
+        held = set(np.random.default_rng([self.config.seed, 1]).choice(len(good), count, replace=False).tolist())
+        return [s for i, s in enumerate(good) if i not in held], [s for i, s in enumerate(good) if i in held]
+
+    def training_samples(self, parts, log):
+        super().training_samples(parts, log)  # the checks and the line about defective images
+        train, held_out = self.split_training(parts)
+        if held_out:
+            log(f"holding out {len(held_out)} of {len(train) + len(held_out)} good training images to set the decision threshold")
+        return train
+
+    def calibration_threshold(self, parts):
+        """The ``threshold_quantile`` of the held-out (else the training) good images' scores."""
+        train_good, held_out = self.split_training(parts)
+        images, where = (held_out, "held-out training good images") if held_out else (train_good, "training good images (none held out)")
+        if not images:
+            raise DataError(f"dataset {self.config.dataset}: no good training image to set the decision threshold with")
+        q = self.config.threshold_quantile
+        value = float(np.quantile(self.raw_scores(images), q))
+        return {"value": value, "source": f"quantile {q:g} of {len(images)} {where}", "quantile": q, "images": len(images)}
+
+
+class Reconstruction(HeldOutCalibration, Method):
     """Raw score = max of the smoothed anomaly map; heatmap = that map at the input size."""
 
     model_name = "unet"
@@ -99,23 +134,6 @@ class Reconstruction(Method):
 
     # training
 
-    def split_training(self, parts: dict[str, list[Sample]]) -> tuple[list[Sample], list[Sample]]:
-        """(good images to train on, held-out good images for the threshold)."""
-        good = [s for s in parts.get("train", []) if not s.is_defective]
-        labels = [s.is_defective for s in parts.get("validation") or []]
-        if (any(labels) and not all(labels)) or self.config.holdout == 0 or len(good) < 2:  # the validation split sets it
-            return good, []
-        count = min(max(1, round(self.config.holdout * len(good))), len(good) - 1)
-        held = set(np.random.default_rng([self.config.seed, 1]).choice(len(good), count, replace=False).tolist())
-        return [s for i, s in enumerate(good) if i not in held], [s for i, s in enumerate(good) if i in held]
-
-    def training_samples(self, parts, log):
-        super().training_samples(parts, log)  # the checks and the line about defective images
-        train, held_out = self.split_training(parts)
-        if held_out:
-            log(f"holding out {len(held_out)} of {len(train) + len(held_out)} good training images to set the decision threshold")
-        return train
-
     def optimizer(self):
         import torch
 
@@ -140,13 +158,3 @@ class Reconstruction(Method):
 
         maps = mean_filter(self.anomaly_map(x), self.config.filter_size)
         return maps.flatten(1).amax(1), maps
-
-    def calibration_threshold(self, parts):
-        """The ``threshold_quantile`` of the held-out (else the training) good images' scores."""
-        train_good, held_out = self.split_training(parts)
-        images, where = (held_out, "held-out training good images") if held_out else (train_good, "training good images (none held out)")
-        if not images:
-            raise DataError(f"dataset {self.config.dataset}: no good training image to set the decision threshold with")
-        q = self.config.threshold_quantile
-        value = float(np.quantile(self.raw_scores(images), q))
-        return {"value": value, "source": f"quantile {q:g} of {len(images)} {where}", "quantile": q, "images": len(images)}
