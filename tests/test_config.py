@@ -107,7 +107,7 @@ def test_named_settings_sit_under_the_given_values():
     weak = make_config("segdec", {"dataset": "ksdd", "split": "33_0"})
     assert (weak.learning_rate, weak.delta, weak.dynamic_balancing) == (0.01, 1.0, False)  # the reference's weak settings
     assert make_config("segdec", {"dataset": "ksdd", "split": "33_0", "learning_rate": "0.5"}).learning_rate == 0.5
-    assert make_config("segdec", {"dataset": "folder"}).preset == "small"  # no paper settings for it: the demo's
+    assert make_config("segdec", {"dataset": "folder"}).preset == "small"  # no paper settings for it: the custom ones
     with pytest.raises(ConfigError, match="unknown config 'mvtec'"):
         make_config("segdec", {}, named="mvtec")
     with pytest.raises(ConfigError, match="--method ear has no named settings"):
