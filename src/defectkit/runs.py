@@ -121,6 +121,20 @@ def stored_threshold(run_dir: Path, weights: str = MODEL) -> dict | None:
     return data
 
 
+def evaluation(run_dir: Path, weights: str = MODEL) -> dict:
+    """metrics.json of the run when it evaluated ``weights`` as they are now; missing, malformed,
+    of other or of earlier weights is refused (predictions.csv then holds other scores)."""
+    path = Path(run_dir) / METRICS
+    again = f"defectkit eval {run_dir}" + (" --best" if weights == BEST else "")
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run `{again}` first")
+    data = _json_object(path)
+    if not _made_with(path, data, run_dir, weights):
+        evaluated = data.get("weights")
+        raise DataError(f"{path}: the run was evaluated with {evaluated}, not {weights}: use --weights {evaluated}, or run `{again}`")
+    return data
+
+
 def decision_threshold(run_dir: Path, weights: str = MODEL, key: str = "decision_threshold") -> dict:
     """The decision threshold (raw units) every predictor of ``weights`` uses, with where it
     comes from: ``{"value", "source", "file"}``. threshold.json when it was set for these
@@ -134,10 +148,7 @@ def decision_threshold(run_dir: Path, weights: str = MODEL, key: str = "decision
     path = run_dir / METRICS
     if not path.is_file():
         raise DataError(f"{run_dir}: no decision threshold for {weights} ({THRESHOLD} and {METRICS} are missing); run `defectkit eval {run_dir}`" + (" --best" if weights == BEST else "") + " or set one with `defectkit threshold`")
-    data = _json_object(path)
-    if not _made_with(path, data, run_dir, weights):
-        evaluated = data.get("weights")
-        raise DataError(f"{path}: the run was evaluated with {evaluated}, not {weights}: use --weights {evaluated}, or run `defectkit eval {run_dir}`" + (" --best" if weights == BEST else ""))
+    data = evaluation(run_dir, weights)
     source = data.get("threshold_source")
     return {"value": _finite_field(path, data, key), "source": source if isinstance(source, str) else "evaluation", "file": METRICS}
 

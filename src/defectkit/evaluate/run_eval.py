@@ -164,24 +164,6 @@ def read_predictions(run_dir: Path) -> tuple[list[dict], np.ndarray, np.ndarray,
 THRESHOLD_SPLITS = ("auto", "validation", "test")
 
 
-def evaluated(run_dir: Path, weights: str) -> dict:
-    """metrics.json of the run when it evaluated ``weights`` as they are now; anything else is
-    refused (predictions.csv then holds other weights' scores)."""
-    path = Path(run_dir) / runs.METRICS
-    if not path.is_file():
-        raise DataError(f"{path}: missing; run `defectkit eval {run_dir}` first")
-    metrics = runs.read_json(path)
-    if not isinstance(metrics, dict):
-        raise DataError(f"{path}: expected a JSON object; run `defectkit eval {run_dir}` again")
-    recorded = metrics.get("weights", runs.MODEL)
-    if recorded != weights:
-        raise DataError(f"{path}: the run was evaluated with {recorded}, not {weights}; run `defectkit eval {run_dir}`" + (" --best" if weights == runs.BEST else "") + f" or pass --weights {recorded}")
-    digest = metrics.get("weights_sha256")
-    if digest is not None and digest != runs.sha256(Path(run_dir) / weights):
-        raise runs.StaleRecord(f"{path}: evaluated earlier weights than the current {weights}; run `defectkit eval {run_dir}` again")
-    return metrics
-
-
 def policy_scores(run_dir: Path, policy: str, split: str = "auto", data_root=None, device: str = "cpu", log=print,
                   weights: str = runs.MODEL) -> tuple[str, np.ndarray, np.ndarray]:
     """(split used, labels, raw scores) to choose a threshold on: the validation split scored
@@ -205,7 +187,7 @@ def policy_scores(run_dir: Path, policy: str, split: str = "auto", data_root=Non
         if split == "validation":
             raise DataError(f"{run_dir}: {what} for policy {policy}; use --split test")
         log(f"warning: {what}; choosing the threshold on the test split, so the test metrics in metrics.json become optimistic")
-    evaluated(run_dir, weights)
+    runs.evaluation(run_dir, weights)  # predictions.csv holds these weights' scores
     _, labels, _, raw = read_predictions(run_dir)  # the test split's scores
     return "test", labels, raw
 
@@ -235,7 +217,7 @@ def set_threshold(run_dir: str | Path, policy: str, split: str = "auto", data_ro
     if not write:
         return result
     try:  # the evaluation files follow only when they are of these weights
-        stored = evaluated(run_dir, weights)
+        stored = runs.evaluation(run_dir, weights)
     except DataError:
         stored = None
     runs.write_json(run_dir / runs.THRESHOLD, result)
