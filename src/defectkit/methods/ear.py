@@ -7,20 +7,27 @@ only the deeper ones stay on (``inference_skips``, shallow to deep, default off-
 so fine detail cannot be copied through and anomalies recover badly. The anomaly map is the
 MSGMS map between input and recovery (then the shared mean filter; image score = max).
 
-The mask is a pure function of the image: the attention net has no batch statistics, and
-:func:`~defectkit.methods.masks.attention_mask` breaks ties in raster order, so the same
-image always gets the same mask. The rule is a documented parameter because the paper does
-not publish one: ``mask_rule="share"`` hides the ``mask_share`` (default 10%) of pixels with
-the highest attention, ``"threshold"`` hides pixels whose min-max normalised attention is at
-least ``mask_threshold``. ``"random"`` is the ablation's control: the same ``mask_share`` of
+The mask is a pure function of the image: the attention net has no batch statistics (the
+backbone below keeps its ImageNet ones), and :func:`~defectkit.methods.masks.attention_mask`
+breaks ties in raster order, so the same image always gets the same mask. The rule is a
+documented parameter because the paper does not publish one: ``mask_rule="share"`` hides
+the ``mask_share`` (default 10%) of pixels with the highest attention, ``"threshold"`` hides
+pixels whose min-max normalised attention is at least ``mask_threshold``. ``"random"`` is the ablation's control: the same ``mask_share`` of
 pixels chosen from a random map at the attention map's resolution (upsampled and ranked
 exactly as attention is, so the blobs have the same scale), seeded by the image's content so
 the mask is still one fixed function of the image; it tells what the attention's choice of
 *where* to excise is worth.
 
-The attention weights the run uses (the shipped MNIST ones by default) are copied into the
-run folder as ``attention.safetensors``, so evaluation and prediction never depend on a
-file outside it.
+The paper's later versions take the map from an ImageNet-pretrained network instead: a digit
+classifier has seen only strokes on a blank page, an ImageNet one textures and objects closer
+to a product's surface. ``attention="backbone"`` does so with the offline EfficientNet-Lite0
+PatchCore uses. A CNN has no attention heads, so its map is the activation attention of
+Zagoruyko & Komodakis (2017), the channel mean of the squared activations of
+``BACKBONE_STAGE`` (stride 8), and the same mask rule ranks it.
+
+The attention weights the run uses (the shipped MNIST ones by default, or the backbone
+truncated after that stage) are copied into the run folder as ``attention.safetensors``, so
+evaluation and prediction never depend on a file outside it.
 """
 from __future__ import annotations
 
@@ -35,11 +42,16 @@ from .unsupervised import Reconstruction, ReconstructionConfig
 ATTENTION_FILE = "attention.safetensors"  # the run folder's copy of the attention weights
 LUMA = (0.299, 0.587, 0.114)
 MASK_RULES = ("share", "threshold", "random")
+ATTENTIONS = ("mnist", "backbone")
+BACKBONE = "efficientnet_lite0"
+BACKBONE_STAGE = "stage3"  # stride 8, 40 channels (PatchCore's shallower stage)
 
 
 class EarConfig(ReconstructionConfig):
     method: Literal["ear"] = option("ear", "The method.", cli=False)
+    attention: str = option("mnist", "Where the mask's attention comes from: mnist (the MNIST classifier's) or backbone (the ImageNet EfficientNet-Lite0's activation attention, stage3).")
     attention_weights: str | None = option(None, "Attention weights (.safetensors with its .json beside it); default: the shipped MNIST ones.")
+    backbone_weights: str | None = option(None, "Backbone weights for --attention backbone, a .safetensors file (default: the packaged ImageNet ones).")
     mask_rule: str = option("share", "'share' (hide the top --mask-share of pixels by attention), 'threshold', or 'random' (same share, random places: an ablation).")
     mask_share: Float = option(0.1, "Share of pixels excised.")
     mask_threshold: Float = option(0.5, "Excise pixels whose normalised attention is at least this (with --mask-rule threshold).")
@@ -49,6 +61,14 @@ class EarConfig(ReconstructionConfig):
 
     def check(self) -> None:
         super().check()
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
+        if self.backbone_weights is not None and not self.backbone_weights.lower().endswith(".safetensors"):
+            raise ValueError(f"backbone_weights must be a .safetensors file, got {self.backbone_weights!r}")
+        if self.attention == "backbone" and self.attention_weights is not None:
+            raise ValueError("attention_weights are the MNIST attention's; with attention 'backbone' give backbone_weights")
+        if self.attention == "mnist" and self.backbone_weights is not None:
+            raise ValueError("backbone_weights need attention 'backbone'")
         if self.mask_rule not in MASK_RULES:
             raise ValueError(f"mask_rule must be one of {', '.join(MASK_RULES)}, got {self.mask_rule!r}")
         if not 0 <= self.mask_share <= 1 or not 0 <= self.mask_threshold <= 1:
@@ -83,6 +103,8 @@ class Ear(Reconstruction):
         from ..models.registry import model_from_config
         from .attention_pretrain import SHIPPED_ATTENTION, load_attention, read_attention_info
 
+        if self.config.attention == "backbone":
+            return self.setup_backbone(Path(run_dir), saved)
         if saved is not None:  # an existing run: its own copy of the attention weights
             section = saved.get("attention")
             if not isinstance(section, dict) or not isinstance(section.get("config"), dict):
@@ -100,6 +122,30 @@ class Ear(Reconstruction):
             "source": f"shipped {SHIPPED_ATTENTION.name}" if source is None else str(source), "test_accuracy": accuracy,
         }}
 
+    def setup_backbone(self, run_dir: Path, saved: dict | None) -> dict:
+        """``attention="backbone"``: the backbone up to ``BACKBONE_STAGE``, the run's copy once it exists."""
+        from ..models.backbone import PACKAGE, PACKAGE_VERSION, EfficientNetLite0, StageAttention, create_backbone
+
+        if saved is not None:
+            section = saved.get("attention")
+            if not isinstance(section, dict) or not isinstance(section.get("stage"), str):
+                raise DataError(f"{run_dir / runs.CONFIG}: a backbone-attention EAR run needs an 'attention' section with its stage")
+            try:
+                attention = StageAttention(EfficientNetLite0(), section["stage"])
+            except ConfigError as exc:
+                raise DataError(f"{run_dir / runs.CONFIG}: {exc}") from None
+            runs.load_weights(attention.net, run_dir / ATTENTION_FILE, f"the attention section of {run_dir / runs.CONFIG}")
+            self.attention = attention.to(self.device).eval()
+            return {}
+        source = self.config.backbone_weights
+        self.attention = StageAttention(create_backbone(BACKBONE, source), BACKBONE_STAGE).to(self.device).eval()
+        runs.save_weights(run_dir / ATTENTION_FILE, self.attention.net.state_dict())
+        return {"attention": {
+            "name": BACKBONE, "stage": BACKBONE_STAGE, "stride": self.attention.output_stride,
+            "map": "channel mean of squared activations (Zagoruyko & Komodakis 2017)", "file": ATTENTION_FILE,
+            "source": f"{PACKAGE}=={PACKAGE_VERSION} (ImageNet)" if source is None else str(source),
+        }}
+
     def networks(self) -> list:
         return [self.model, self.attention]
 
@@ -115,7 +161,7 @@ class Ear(Reconstruction):
             attention = content_seeded_map(x, stride, c.seed)
         else:
             with torch.no_grad():
-                attention = self.attention.attention_map(gray(x))
+                attention = self.attention.attention_map(x if c.attention == "backbone" else gray(x))
         rule = {"keep": None, "threshold": c.mask_threshold} if c.mask_rule == "threshold" else {"keep": c.mask_share}
         return attention_mask(attention, tuple(self.config.input_size[::-1]), stride=stride, **rule)[:, 0]
 

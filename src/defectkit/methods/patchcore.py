@@ -104,17 +104,6 @@ def stage_channels(backbone: str) -> list[int]:
     return [info[s] for s in STAGES]
 
 
-def truncated_backbone(net: nn.Module) -> nn.Module:
-    """The backbone up to its deepest stage used: the rest is never run, so it is not saved."""
-    from ..models.backbone import FEATURE_INFO
-
-    last = max([s.name for s in FEATURE_INFO].index(s) for s in STAGES)
-    net.stages = nn.ModuleList(list(net.stages)[: last + 1])
-    net.head = nn.Identity()
-    net.classifier = nn.Identity()
-    return net.eval().requires_grad_(False)
-
-
 def channel_pool_matrix(channels: int, dim: int) -> torch.Tensor:
     """``channels x dim``: x @ it is ``F.adaptive_avg_pool1d`` over channels (same bins)."""
     matrix = torch.zeros(channels, dim)
@@ -169,11 +158,11 @@ class PatchCoreModel(nn.Module):
 
     def __init__(self, config: PatchCoreModelConfig):
         super().__init__()
-        from ..models.backbone import EfficientNetLite0
+        from ..models.backbone import EfficientNetLite0, truncated_backbone
 
         self.config = config
         channels = stage_channels(config.backbone)
-        self.backbone = truncated_backbone(EfficientNetLite0())
+        self.backbone = truncated_backbone(EfficientNetLite0(), STAGES)
         self.dim = config.feature_dim or sum(channels)
         pool = None if self.dim == sum(channels) else channel_pool_matrix(sum(channels), self.dim)
         self.register_buffer("pool", pool, persistent=False)
@@ -343,12 +332,12 @@ class PatchCore(HeldOutCalibration, Method):
 
     def build_model(self):
         from ..models import create_model
-        from ..models.backbone import create_backbone
+        from ..models.backbone import create_backbone, truncated_backbone
 
         c = self.config
         knobs = {k: getattr(c, k) for k in MODEL_KNOBS if getattr(c, k) is not None}
         model = create_model("patchcore", c.preset, in_channels=c.channels, backbone=c.backbone, **{**c.model_overrides, **knobs})
-        pretrained = truncated_backbone(create_backbone(c.backbone, c.backbone_weights))
+        pretrained = truncated_backbone(create_backbone(c.backbone, c.backbone_weights), STAGES)
         model.backbone.load_state_dict(pretrained.state_dict(), strict=True)
         return model
 

