@@ -26,7 +26,7 @@ import time
 
 from common import append_result, provenance
 
-SIZES = {"dagm": (1, 512, 512), "ksdd": (1, 1408, 512), "ksdd2": (3, 640, 232), "ksdd-half": (1, 704, 256), "severstal": (1, 256, 1600)}
+SIZES = {"tiny": (1, 128, 64), "dagm": (1, 512, 512), "ksdd": (1, 1408, 512), "ksdd2": (3, 640, 232), "ksdd-half": (1, 704, 256), "severstal": (1, 256, 1600)}
 
 
 def timed(fn, min_seconds: float, min_runs: int = 2) -> float:
@@ -77,7 +77,7 @@ def memory_bandwidth(min_seconds: float, device) -> float:
     return 2 * src.numel() / timed(synced(lambda: dst.copy_(src), device), min_seconds) / 1e9
 
 
-def one(preset: str, size: str, batches: list[int], train_batch: int, min_seconds: float, device_name: str = "cpu") -> dict:
+def one(preset: str, size: str, batches: list[int], train_batch: int, min_seconds: float, device_name: str = "cpu", precision: str = "auto") -> dict:
     import resource
 
     import numpy as np
@@ -87,7 +87,9 @@ def one(preset: str, size: str, batches: list[int], train_batch: int, min_second
     from defectkit.models import create_model
     from defectkit.models.flops import count_flops
 
-    acc = accel.resolve(device_name)
+    acc = accel.resolve(device_name, precision)
+    if acc.cuda:
+        torch.cuda.reset_peak_memory_stats(acc.device)
     c, h, w = SIZES[size]
     model = create_model("segdec", preset, in_channels=c)
     flops = count_flops(model, (1, c, h, w))
@@ -131,19 +133,20 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=1, help="the papers train at batch 1 (KSDD, DAGM)")
     parser.add_argument("--min-seconds", type=float, default=5.0, help="time each measurement at least this long")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", default="auto", help="auto (bf16 on GPUs that have it), fp32 or bf16")
     parser.add_argument("--one", nargs=2, metavar=("PRESET", "SIZE"), help=argparse.SUPPRESS)
     parser.add_argument("--results", default="benchmarks/results.jsonl")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     if args.one:
-        print(json.dumps(one(*args.one, batches, args.train_batch, args.min_seconds, args.device)))
+        print(json.dumps(one(*args.one, batches, args.train_batch, args.min_seconds, args.device, args.precision)))
         return
 
     import torch
 
     from defectkit.methods import accel
 
-    acc = accel.resolve(args.device)
+    acc = accel.resolve(args.device, args.precision)
     ceilings = {"fp32": matmul_ceiling(args.min_seconds, acc.device)}
     print(f"fp32 matmul ceiling: {ceilings['fp32']:.1f} GFLOP/s ({torch.get_num_threads()} threads)", flush=True)
     extra = {}
@@ -155,7 +158,7 @@ def main() -> None:
     for preset in args.presets.split(","):
         for size in args.sizes.split(","):
             command = [sys.executable, __file__, "--one", preset, size, "--batches", args.batches, "--train-batch", str(args.train_batch),
-                       "--min-seconds", str(args.min_seconds), "--device", args.device]
+                       "--min-seconds", str(args.min_seconds), "--device", args.device, "--precision", args.precision]
             row = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
             ceiling = ceilings[row["precision"]]
             row["infer_share"] = row["gflop"] * row["infer_best"] / ceiling

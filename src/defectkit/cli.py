@@ -163,7 +163,7 @@ def datasets_download(
     console.print(f"next: defectkit datasets inspect --dataset {dataset} --data-root {root}")
 
 
-def _train_with_progress(config, out: Path, resume: bool) -> None:
+def _train_with_progress(config, out: Path, resume: bool, on_epoch=None) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .methods.trainer import fit
@@ -178,7 +178,7 @@ def _train_with_progress(config, out: Path, resume: bool) -> None:
             text = "  ".join(f"{k.removeprefix('loss_')} {v:.4f}" for k, v in losses.items())
             bar.update(tasks[epoch], completed=done, losses=text)
 
-        fit(config, out, resume=resume, on_step=on_step, log=lambda m: console.print(m, markup=False))
+        fit(config, out, resume=resume, on_step=on_step, log=lambda m: console.print(m, markup=False), on_epoch=on_epoch)
 
 
 def _print_metrics(metrics: dict, run_dir: Path) -> None:
@@ -276,6 +276,11 @@ def _train_params(method_cls) -> list:
         click.Option(["--resume"], default=None, type=click.Path(path_type=Path), help="Continue the run in this folder after its last finished epoch (options given must not change what it learnt; more --epochs may)."),
         click.Option(["--eval/--no-eval", "evaluate"], default=True, help="Evaluate on the test split after training."),
         click.Option(["--print-config"], is_flag=True, default=False, help="Print the full effective config as YAML and exit."),
+        click.Option(["--log", "trackers"], multiple=True, default=(), metavar="TRACKER",
+                     help="Mirror the run to a tracker: mlflow, tensorboard (repeat or comma-separate for both); the run folder stays the truth. With it, the report is written after evaluation."),
+        click.Option(["--mlflow-uri"], default=None, help="MLflow tracking URI (a server, or file:/path) [default: ./mlruns, a local file store]."),
+        click.Option(["--mlflow-experiment"], default="defectkit", show_default=True, help="MLflow experiment the run goes to."),
+        click.Option(["--tensorboard-dir"], default=None, type=click.Path(path_type=Path), help="TensorBoard log folder [default: RUN_DIR/tensorboard]."),
     ]
 
 
@@ -347,7 +352,7 @@ def train(ctx: typer.Context):
         raise typer.Exit(code)
 
 
-def _train(config_file, method, named, out, resume, evaluate, print_config, **fields):
+def _train(config_file, method, named, out, resume, evaluate, print_config, trackers, mlflow_uri, mlflow_experiment, tensorboard_dir, **fields):
     from .errors import ConfigError
     from .methods.registry import DEFAULT_METHOD, make_config
     from .methods.trainer import resume_config
@@ -380,11 +385,34 @@ def _train(config_file, method, named, out, resume, evaluate, print_config, **fi
     if resume is None and out is None:
         raise ConfigError("--out RUN_DIR is required (or --resume RUN_DIR)")
     run_dir = resume if resume is not None else out
-    _train_with_progress(train_config, run_dir, resume is not None)
-    if evaluate and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone evaluates
-        from .evaluate.run_eval import evaluate_run
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone evaluates and tracks
+    tracking = None
+    if main_rank and (trackers or mlflow_uri or tensorboard_dir):
+        from .tracking import Tracking, make_trackers
 
-        _print_metrics(evaluate_run(run_dir, device=train_config.device), run_dir)
+        tracking = Tracking(make_trackers(list(trackers), mlflow_uri, mlflow_experiment, tensorboard_dir), run_dir, resume is not None,
+                            log=lambda m: _console().print(m, markup=False))
+    try:
+        _train_with_progress(train_config, run_dir, resume is not None, on_epoch=tracking)
+        metrics = None
+        if evaluate and main_rank:
+            from .evaluate.run_eval import evaluate_run
+
+            metrics = evaluate_run(run_dir, device=train_config.device)
+            _print_metrics(metrics, run_dir)
+            if tracking is not None:
+                from .report import write_report
+
+                with _console().status("writing the report for the trackers"):
+                    write_report(run_dir, device=train_config.device, log=lambda m: None, overwrite=True)
+    except BaseException as exc:
+        if tracking is not None:
+            tracking.finish(status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    if tracking is not None:
+        tracking.finish(metrics)
+        _console().print(f"tracked with {', '.join(t.name for t in tracking.trackers) or 'none (see the warnings above)'}"
+                         + "".join(f"; mlflow: {t.uri} experiment {t.experiment!r}" for t in tracking.trackers if t.name == "mlflow"), markup=False)
 
 
 @app.command("methods")
@@ -464,8 +492,13 @@ def predict(
     batch by batch, so memory stays bounded and an interrupted run keeps what it scored.
     Overlays mirror the inputs' folders. An image that cannot be read gets a row with its
     error and no decision, and the command then exits with code 2: no part goes unchecked
-    without a word."""
+    without a word.
+
+    Under ``torchrun --nproc_per_node N -m defectkit predict ...`` each rank scores every N-th
+    image (gloo on CPUs, one CUDA GPU per rank with nccl) into predictions.rankR.csv, and rank
+    0 then merges them into one predictions.csv, in the order one process writes it."""
     import csv
+    import os
     import time
     from concurrent.futures import ThreadPoolExecutor
 
@@ -475,37 +508,62 @@ def predict(
     from . import load, runs
     from .data.imageio import read_image
     from .data.readers.common import is_image
-    from .errors import ConfigError, DataError
+    from .errors import ConfigError, DataError, DefectkitError
     from .files import refuse_existing
     from .infer.predictor import overlay
 
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    found: dict[Path, tuple[Path, Path]] = {}  # resolved path -> (path, the input folder it was found under)
-    target = out.resolve()
-    for item in inputs:
-        if item.is_dir():  # never this command's own output (overlays of an earlier run) as input
-            listed = sorted(p for p in item.rglob("*") if is_image(p) and not p.resolve().is_relative_to(target))
-            pairs = [(p, item) for p in listed]
-        elif item.is_file():
-            pairs = [(item, item)]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    ctx = None
+    if world > 1:
+        from .methods import distributed
+
+        ctx = distributed.context(device)
+        device = distributed.device_name(ctx, device)
+    rank = ctx.rank if ctx else 0
+    parts = [out / f"predictions.rank{r}.csv" for r in range(world)] if ctx else []
+    problem = None
+    try:  # every rank checks the same things; under torchrun they agree before any writes
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+        found: dict[Path, tuple[Path, Path]] = {}  # resolved path -> (path, the input folder it was found under)
+        target = out.resolve()
+        for item in inputs:
+            if item.is_dir():  # never this command's own output (overlays of an earlier run) as input
+                listed = sorted(p for p in item.rglob("*") if is_image(p) and not p.resolve().is_relative_to(target))
+                pairs = [(p, item) for p in listed]
+            elif item.is_file():
+                pairs = [(item, item)]
+            else:
+                raise DataError(f"{item}: no such file or folder")
+            for path, base in pairs:
+                found.setdefault(path.resolve(), (path, base))  # an image given twice is scored once
+        if not found:
+            raise DataError("no images found in the given inputs")
+        if out.exists() and not out.is_dir():
+            raise DataError(f"{out}: is a file; --out must be a folder")
+        if (out / runs.CONFIG).is_file():
+            raise DataError(f"{out}: is a run folder (its predictions.csv is the evaluation's); choose another --out")
+        pairs = list(found.values())
+        every = [path for path, _ in pairs]
+        names = _overlay_names(pairs) if overlays else []
+        refuse_existing([out / "predictions.csv", *parts, *(out / n for n in names)], overwrite)
+        if run_dir.suffix == ".onnx" and ctx and os.environ.get("OMP_NUM_THREADS"):  # torchrun's share of the cores per rank
+            from .infer.onnx_predictor import OnnxPredictor
+
+            predictor = OnnxPredictor(run_dir, threads=int(os.environ["OMP_NUM_THREADS"]))
         else:
-            raise DataError(f"{item}: no such file or folder")
-        for path, base in pairs:
-            found.setdefault(path.resolve(), (path, base))  # an image given twice is scored once
-    if not found:
-        raise DataError("no images found in the given inputs")
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: is a file; --out must be a folder")
-    if (out / runs.CONFIG).is_file():
-        raise DataError(f"{out}: is a run folder (its predictions.csv is the evaluation's); choose another --out")
-    pairs = list(found.values())
-    files = [path for path, _ in pairs]
-    names = _overlay_names(pairs) if overlays else []
-    refuse_existing([out / "predictions.csv", *(out / n for n in names)], overwrite)
-    predictor = load(run_dir, device=device, weights=weights) if run_dir.suffix != ".onnx" else load(run_dir, device=device)
+            predictor = load(run_dir, device=device, weights=weights) if run_dir.suffix != ".onnx" else load(run_dir, device=device)
+    except DefectkitError as exc:
+        if not ctx:
+            raise
+        problem = exc
+    if ctx:
+        distributed.agree(ctx, problem)
+        distributed.barrier(ctx)  # no rank writes before every rank has checked that nothing is overwritten
     out.mkdir(parents=True, exist_ok=True)
-    overlay_of = dict(zip(files, names))
+    overlay_of = dict(zip(every, names))
+    files = ctx.shard(every) if ctx else every
+    rows_file = parts[rank] if ctx else out / "predictions.csv"
 
     def read_batch(paths):
         batch, failed = [], []
@@ -520,11 +578,12 @@ def predict(
     scored, flagged, skipped = 0, 0, []
     started = time.perf_counter()
     console = _console()
-    with open(out / "predictions.csv", "w", newline="") as handle, ThreadPoolExecutor(1) as reader, Progress(console=console, transient=True) as bar:
+    header = ["image", "score", "logit", "decision", "overlay", "error"]
+    with open(rows_file, "w", newline="") as handle, ThreadPoolExecutor(1) as reader, Progress(console=console, transient=True, disable=rank != 0) as bar:
         writer = csv.writer(handle)
-        writer.writerow(["image", "score", "logit", "decision", "overlay", "error"])
-        task = bar.add_task("predicting", total=len(files))
-        pending = reader.submit(read_batch, batches[0])
+        writer.writerow(header)
+        task = bar.add_task("predicting" + (f" (rank 0's {len(files)} of {len(every)} images)" if ctx else ""), total=len(files))
+        pending = reader.submit(read_batch, batches[0]) if batches else None
         for index, paths in enumerate(batches):
             batch, bad = pending.result()
             if index + 1 < len(batches):
@@ -545,33 +604,76 @@ def predict(
             scored += len(batch)
             flagged += sum(p.decision for p in predictions)
             bar.advance(task, len(paths))
+    if ctx:
+        totals = distributed.gather_objects(ctx, (scored, flagged, skipped))  # also: every rank has closed its part
+        scored, flagged = sum(t[0] for t in totals), sum(t[1] for t in totals)
+        skipped = [message for t in totals for message in t[2]]
+        if ctx.main:
+            _merge_predictions(parts, every, out / "predictions.csv", header)
+        distributed.barrier(ctx)
     elapsed = time.perf_counter() - started
-    console.print(f"{scored} images, {flagged} defective at threshold {predictor.threshold:.4f}; {scored / elapsed:.1f} images/s")
-    console.print(f"wrote {out / 'predictions.csv'}" + (f" and {scored} overlays" if overlays else ""), markup=False)
+    if rank == 0:
+        console.print(f"{scored} images, {flagged} defective at threshold {predictor.threshold:.4f}; {scored / elapsed:.1f} images/s"
+                      + (f" over {world} processes" if ctx else ""))
+        console.print(f"wrote {out / 'predictions.csv'}" + (f" and {scored} overlays" if overlays else ""), markup=False)
     if skipped:  # one line per image left without a decision
-        for line in skipped:
+        for line in skipped if rank == 0 else []:
             print(f"error: {line}; no decision (its row in predictions.csv says so)", file=sys.stderr)
         raise typer.Exit(2)
+
+
+def _merge_predictions(parts: list[Path], order: list[Path], out: Path, header: list[str]) -> None:
+    """One predictions.csv from the ranks' parts, rows in ``order`` (the inputs' order); the
+    parts are removed once it is written whole."""
+    import csv
+
+    from .errors import DataError
+
+    rows = {}
+    for part in parts:
+        with open(part, newline="") as handle:
+            reader = csv.reader(handle)
+            if next(reader, None) != header:
+                raise DataError(f"{part}: not a predictions part this command wrote")
+            rows.update((row[0], row) for row in reader)
+    missing = [p for p in order if str(p) not in rows]
+    if missing:
+        raise DataError(f"{parts[0].parent}: the ranks' parts lack {len(missing)} of {len(order)} images (first {missing[0]}); kept the parts")
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows[str(p)] for p in order)
+    tmp.replace(out)
+    for part in parts:
+        part.unlink()
 
 
 @app.command("export")
 def export_command(
     run_dir: Path = typer.Argument(..., help="A trained run folder."),
     format: str = typer.Option("onnx", "--format", help="onnx (the only format so far)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Model file to write (default RUN_DIR/model.onnx); the sidecar goes beside it as FILE.json."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Model file to write (default RUN_DIR/model.onnx, RUN_DIR/model.int8.onnx with --int8); the sidecar goes beside it as FILE.json."),
     weights: str = typer.Option("model.safetensors", "--weights", help="Weights file in the run folder (e.g. best.safetensors)."),
     check: bool = typer.Option(True, "--check/--no-check", help="Compare onnxruntime with PyTorch on test images; refuse to write on a mismatch."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the model file and sidecar an earlier export wrote."),
+    int8: bool = typer.Option(False, "--int8", help="Statically quantise the model (int8 weights, uint8 activations) for CPU inference; written only when its AP and AUROC on the run's test split stay within 0.005 of the fp32 model's."),
+    calibration_images: Optional[int] = typer.Option(None, "--calibration-images", help="Training images of the run that calibrate the int8 activation ranges (with --int8; default 64)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where the run's dataset is now, if it moved (with --int8: calibration and the accuracy check read it)."),
 ):
     """Export a run as one ONNX model taking uint8 pixels of any size: resize, scaling, score and heatmap inside."""
     from .errors import ConfigError
     from .infer.export import export_onnx
+    from .infer.quantize import CALIBRATION_IMAGES
 
     if format != "onnx":
         raise ConfigError(f"unknown export format {format!r}; available: onnx")
+    if not int8 and (calibration_images is not None or data_root is not None):
+        raise ConfigError("--calibration-images and --data-root apply to --int8 exports only")
     console = _console()
-    with console.status("exporting (tracing the model takes a while)"):
-        export_onnx(run_dir, out, weights=weights, check=check, log=lambda m: console.print(m, markup=False), overwrite=overwrite)
+    with console.status("exporting (tracing the model takes a while)" + ("; calibrating and checking the int8 model on the run's data" if int8 else "")):
+        export_onnx(run_dir, out, weights=weights, check=check, log=lambda m: console.print(m, markup=False), overwrite=overwrite,
+                    int8=int8, calibration_images=CALIBRATION_IMAGES if calibration_images is None else calibration_images, data_root=data_root)
 
 
 @app.command("report")
@@ -671,7 +773,8 @@ def _demo_folder(out: Optional[Path], overwrite: bool) -> Path:
     if not overwrite:
         raise DataError(f"{out}: already holds files; pass --overwrite to replace an earlier run there, or choose another --out")
     known = {runs.CONFIG, runs.MODEL, runs.BEST, runs.CHECKPOINT, runs.TRAIN_LOG, runs.METRICS, runs.PREDICTIONS,
-             runs.PR_CURVE, runs.ROC_CURVE, runs.THRESHOLD, LOCK_FILE, "report.html", "model.onnx", "model.onnx.json"}
+             runs.PR_CURVE, runs.ROC_CURVE, runs.THRESHOLD, LOCK_FILE, "report.html", "model.onnx", "model.onnx.json",
+             "model.int8.onnx", "model.int8.onnx.json"}
     others = sorted(p.name for p in out.iterdir() if p.name not in known)
     if not (out / runs.CONFIG).is_file() or others:
         raise DataError(f"{out}: is not only a run folder (holds {', '.join(others[:3]) or 'no config.yaml'}); --overwrite replaces run folders only; choose another --out")

@@ -15,6 +15,11 @@ The decision threshold is not in the graph (``defectkit threshold`` may move it 
 in the JSON sidecar written beside the model (``model.onnx.json``) with the input spec, the
 method (and whether its raw score is a logit), where the model came from and the largest score difference to the PyTorch run seen
 when exporting. :class:`defectkit.infer.onnx_predictor.OnnxPredictor` reads both.
+
+With ``int8`` the same graph is statically quantised (:mod:`defectkit.infer.quantize`) into
+``model.int8.onnx``; its sidecar says ``"precision": "int8"`` and holds a ``quantization``
+section (calibration, onnxruntime version, types, the test split's AP and AUROC of both
+models); ``max_score_difference_to_torch`` is then that of the fp32 graph it was made from.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import numpy as np
 from .. import __version__, runs
 from ..errors import DataError
 from ..files import refuse_existing, sha256
+from . import quantize as Q
 from .predictor import Predictor
 
 SIDECAR_SUFFIX = ".json"
@@ -62,12 +68,16 @@ def _graph(method):
 
 
 def export_onnx(run_dir: str | Path, out: str | Path | None = None, weights: str = runs.MODEL, opset: int = 18, check: bool = True, log=print,
-                overwrite: bool = False) -> Path:
-    """Write ``out`` (default ``RUN_DIR/model.onnx``) and its sidecar; return the model path.
+                overwrite: bool = False, int8: bool = False, calibration_images: int = Q.CALIBRATION_IMAGES, data_root: str | Path | None = None) -> Path:
+    """Write ``out`` (default ``RUN_DIR/model.onnx``, ``RUN_DIR/model.int8.onnx`` with ``int8``)
+    and its sidecar; return the model path.
 
     With ``check`` (default) the model is run on a few images of other sizes and batch sizes
     by onnxruntime and compared with the run's PyTorch method; a score difference above
     ``PARITY_TOLERANCE`` stops the export rather than ship a model that scores differently.
+    With ``int8`` the checked graph is quantised, calibrated on ``calibration_images`` of the
+    run's training images, and written only when it ranks the test split as the fp32 graph
+    does (``data_root``: where the run's data is now, if it moved); that check always runs.
     An existing ``out`` or sidecar is replaced only with ``overwrite``."""
     import contextlib
     import io
@@ -79,10 +89,11 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, weights: str
     from ..methods.registry import load_method
 
     run_dir = Path(run_dir)
-    out = Path(out) if out is not None else run_dir / "model.onnx"
+    out = Path(out) if out is not None else run_dir / ("model.int8.onnx" if int8 else "model.onnx")
     refuse_existing([out, sidecar_path(out)], overwrite)  # before the minutes of tracing
     method = load_method(run_dir, device="cpu", weights=weights)
     method.check_exportable()
+    calibration = Q.calibration_samples(method, calibration_images, data_root) if int8 else None  # a missing data root fails now
     threshold = method.run_threshold(run_dir, weights)
     predictor = Predictor(method, threshold["value"], threshold_source=threshold)  # the threshold and heatmap scale, as predict uses them
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -114,10 +125,11 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, weights: str
         difference = _parity(tmp, method) if check else None
         if difference is not None and not difference <= PARITY_TOLERANCE:  # NaN fails too
             raise DataError(f"{run_dir}: the ONNX model's scores differ from PyTorch's by {difference:.3g} (> {PARITY_TOLERANCE}); not written")
-        tmp.replace(out)
-    except BaseException:
+        quantization = _quantized(run_dir, tmp, out, method, calibration, predictor.threshold_raw, data_root) if int8 else None
+        if quantization is None:
+            tmp.replace(out)
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
     sidecar = {
         "format": "defectkit-onnx", "format_version": FORMAT_VERSION, "defectkit": __version__,
         "method": method.name, "raw_is_logit": method.raw_is_logit, "run": str(run_dir.resolve()), "weights": weights,
@@ -129,11 +141,40 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, weights: str
         "threshold": {"raw": predictor.threshold_raw, "score": predictor.threshold, "rule": "defective when raw >= threshold.raw"},
         "heatmap_scale": predictor.heatmap_scale,
         "opset": opset, "export_seconds": round(seconds, 1), "max_score_difference_to_torch": difference,
+        "precision": "int8" if int8 else "fp32",
     }
+    if quantization is not None:
+        sidecar["quantization"] = quantization
     runs.write_json(sidecar_path(out), sidecar)
     log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) and {sidecar_path(out).name}"
         + ("" if difference is None else f"; largest score difference to PyTorch {difference:.2g}"))
+    if quantization is not None:
+        test = quantization["test_split"]
+        changed = test["changed_decisions"]
+        log(f"int8 vs fp32 on the test split ({test['images']} images): AP {test['ap_int8']:.4f} vs {test['ap_fp32']:.4f} ({test['ap_difference']:+.4f}), "
+            f"AUROC {test['auroc_int8']:.4f} vs {test['auroc_fp32']:.4f} ({test['auroc_difference']:+.4f}); "
+            + (f"{changed} of {test['images']} test decisions differ from the fp32 model's (raw >= threshold {predictor.threshold_raw:.4g})" if changed
+               else "no test decision differs from the fp32 model's"))
     return out
+
+
+def _quantized(run_dir: Path, fp32: Path, out: Path, method, calibration: list, threshold_raw: float, data_root) -> dict:
+    """Quantise ``fp32`` into ``out`` when the int8 model passes the accuracy check; return the
+    sidecar's ``quantization`` section. On a refusal nothing is left behind."""
+    tmp = out.with_name(f".{out.name}.quantized.tmp")
+    try:
+        label = f"{run_dir}: "
+        section = Q.quantize(fp32, tmp, calibration, method.pre.channels, method.pre.input_size, label)
+        test = Q.compare(fp32, tmp, method, threshold_raw, data_root, label)
+        problem = Q.accuracy_problem(test)
+        if problem:
+            raise DataError(f"{label}{problem}; not written")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    source = f"the run's training split ({method.config.dataset} at {method.config.data_root if data_root is None else data_root}), evenly spaced in the reader's order"
+    return {**section, "calibration": {"images": len(calibration), "source": source, "size": list(method.pre.input_size)},
+            "accuracy_tolerance": Q.ACCURACY_TOLERANCE, "test_split": test}
 
 
 def _parity(path: Path, method) -> float:

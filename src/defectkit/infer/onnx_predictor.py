@@ -43,6 +43,11 @@ class OnnxPredictor:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        level = self.meta.get("quantization", {}).get("graph_optimization_level")  # int8 models score alike in any batch at it
+        if level is not None:
+            if level not in ("basic", "extended", "all"):
+                raise DataError(f"{meta_path}: unknown graph_optimization_level {level!r} (basic, extended or all)")
+            options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level.upper()}")
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime's own error types

@@ -93,6 +93,30 @@ def sum_values(ctx: Context, values: list[float], dev) -> list[float]:
     return tensor.cpu().tolist()
 
 
+def gather_objects(ctx: Context, value) -> list:
+    """Every rank's ``value`` (any picklable object), in rank order, on every rank."""
+    if not ctx.active:
+        return [value]
+    import torch.distributed as dist
+
+    parts: list = [None] * ctx.world
+    dist.all_gather_object(parts, value)
+    return parts
+
+
+def agree(ctx: Context, problem: Exception | None) -> None:
+    """Raise on every rank when any rank met a problem, so that none waits for the others at a
+    collective: the first rank with the problem raises it (it is printed once), the others
+    leave with exit code 2 and say nothing."""
+    problems = gather_objects(ctx, None if problem is None else str(problem))
+    first = next((rank for rank, text in enumerate(problems) if text is not None), None)
+    if first is None:
+        return
+    if first == ctx.rank:
+        raise problem
+    raise SystemExit(2)
+
+
 def gather_shards(ctx: Context, local: np.ndarray, total: int) -> np.ndarray:
     """The full array from every rank's ``shard`` of it (every rank gets it)."""
     if not ctx.active:

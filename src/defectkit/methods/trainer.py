@@ -154,19 +154,20 @@ def load_checkpoint(path: Path, model, optimizer) -> dict:
 
 
 def fit(config, out: str | Path, resume: bool = False, on_step: Callable[[int, int, int, dict], None] | None = None,
-        log: Callable[[str], None] = print) -> Path:
+        log: Callable[[str], None] = print, on_epoch: Callable[[dict], None] | None = None) -> Path:
     """Train ``config`` into run folder ``out``; with ``resume`` continue it after its last
-    finished epoch (``config`` then comes from :func:`resume_config`)."""
-    return Trainer(config, out, resume=resume, on_step=on_step, log=log).fit()
+    finished epoch (``config`` then comes from :func:`resume_config`). ``on_epoch`` gets each
+    epoch's train_log.csv row once it is saved (rank 0 only; :mod:`defectkit.tracking`)."""
+    return Trainer(config, out, resume=resume, on_step=on_step, log=log, on_epoch=on_epoch).fit()
 
 
 class Trainer:
-    def __init__(self, config, out: str | Path, resume: bool = False, on_step=None, log: Callable[[str], None] = print):
+    def __init__(self, config, out: str | Path, resume: bool = False, on_step=None, log: Callable[[str], None] = print, on_epoch=None):
         from .registry import get_method
 
         self.config, self.out, self.resume = config, Path(out), resume
         self.cls = get_method(config.method)
-        self.on_step, self.log = on_step, log
+        self.on_step, self.log, self.on_epoch = on_step, log, on_epoch
 
     # ------------------------------------------------------------------ the run folder
 
@@ -206,7 +207,7 @@ class Trainer:
             raise ConfigError(f"--method {self.cls.name} trains in one process; data-parallel training (torchrun) is for methods that support it")
         ctx = distributed.context(config.device)
         if not ctx.main:
-            self.on_step, self.log = None, _quiet
+            self.on_step, self.log, self.on_epoch = None, _quiet, None
         if out.exists() and not out.is_dir():
             raise DataError(f"{out}: exists and is not a folder")
         if self.resume and not out.is_dir():
@@ -303,6 +304,8 @@ class Trainer:
                 if ctx.main:
                     save_checkpoint(out / runs.CHECKPOINT, method.model, optimizer, state)
                     self._write_log(state["log"])
+                    if self.on_epoch is not None:
+                        self.on_epoch(dict(row))
             if ctx.main:
                 runs.save_weights(out / runs.MODEL, method.model.state_dict())
                 # the last epoch's validation scores are the final model's

@@ -151,6 +151,7 @@ class ServedModel:
             width, height = meta["input"]["network_size"]
             threshold["source"] = "the ONNX sidecar (the run's threshold when it was exported)"
             info.update(preset=None, input_size={"width": width, "height": height}, threshold=threshold, metrics=None,
+                        precision=meta.get("precision", "fp32"), quantization=meta.get("quantization"),
                         export={k: meta.get(k) for k in ("defectkit", "format_version", "opset", "run", "weights", "export_seconds", "max_score_difference_to_torch", "model_sha256")})
             return info
         width, height = p.pre.input_size
@@ -158,5 +159,6 @@ class ServedModel:
         metrics = runs.read_json(metrics_path) if metrics_path.is_file() else None
         record = p.threshold_source  # threshold.json, else metrics.json, as for every predictor
         threshold.update(source=record.get("source"), policy=record.get("policy"), file=record.get("file"))
-        info.update(preset=getattr(p.config, "preset", None), input_size={"width": width, "height": height}, threshold=threshold, metrics=metrics)
+        info.update(preset=getattr(p.config, "preset", None), input_size={"width": width, "height": height}, threshold=threshold, metrics=metrics,
+                    precision="fp32")
         return info
