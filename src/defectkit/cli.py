@@ -164,46 +164,104 @@ def datasets_download(
 
 
 def _train_with_progress(config, out: Path, resume: bool, on_epoch=None) -> None:
+    """Training with a bar per epoch on a terminal; in a file or pipe, one whole line per
+    finished epoch instead (a bar redrawn there is cut mid-word)."""
+    import time
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from . import progress
     from .methods.trainer import fit
 
     console = _console()
+    log = lambda m: console.print(m, markup=False)  # noqa: E731
+    losses_text = lambda losses: "  ".join(f"{k.removeprefix('loss_')} {v:.4f}" for k, v in losses.items())  # noqa: E731
+    if not console.is_terminal:
+        last = [time.perf_counter()]  # the previous line's time: an epoch's line counts from the one before
+
+        def on_line(epoch, done, total, losses):
+            if done == total:
+                now = time.perf_counter()
+                console.print(f"epoch {epoch + 1}/{config.epochs}: {done}/{total} steps, {now - last[0]:.1f} s  {losses_text(losses)}".rstrip(),
+                              markup=False, soft_wrap=True)
+                last[0] = now
+
+        with progress.reporting(progress.for_console(console)):
+            fit(config, out, resume=resume, on_step=on_line, log=log, on_epoch=on_epoch)
+        return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[losses]}"), console=console) as bar:
         tasks: dict[int, int] = {}
 
         def on_step(epoch, done, total, losses):
             if epoch not in tasks:
                 tasks[epoch] = bar.add_task(f"epoch {epoch + 1}/{config.epochs}", total=total, losses="")
-            text = "  ".join(f"{k.removeprefix('loss_')} {v:.4f}" for k, v in losses.items())
-            bar.update(tasks[epoch], completed=done, losses=text)
+            bar.update(tasks[epoch], completed=done, losses=losses_text(losses))
 
-        fit(config, out, resume=resume, on_step=on_step, log=lambda m: console.print(m, markup=False), on_epoch=on_epoch)
+        with progress.reporting(progress.TaskReporter(bar, losses="")):
+            fit(config, out, resume=resume, on_step=on_step, log=log, on_epoch=on_epoch)
+
+
+def threshold_text(score: float, logit: float | None = None) -> str:
+    """A threshold as the console shows it: six significant digits (a small anomaly score such
+    as 6.4e-07 stays readable and can be typed back), the logit beside for methods with one."""
+    return f"{score:.6g}" + ("" if logit is None else f" (logit {logit:.6g})")
+
+
+def settings_block(config, named: str | None) -> list[str]:
+    """Lines that say, before training, which values the run takes from where: the named
+    settings (and whether they were chosen or defaulted), a YAML file, the command line; every
+    other field keeps the method's default."""
+    def shown(value) -> str:
+        if isinstance(value, (list, tuple)):
+            return ("x" if len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value) else ",").join(map(str, value))
+        return str(value)
+
+    values, groups = config.to_dict(), {}
+    for key, where in config.source.items():
+        if key != "method":
+            groups.setdefault("the command line" if where.startswith("--") else where, []).append(key)
+    named_group = next((where for where in groups if where.startswith("named settings")), None)
+    if named_group is None:
+        lines = ["settings:"]
+    else:
+        how = "chosen with --config" if named is not None else f"the default for --dataset {values.get('dataset')}; --config NAME picks others (defectkit train --help)"
+        lines = [f"settings: {named_group} ({how})"]
+    for where in sorted(groups, key=lambda w: (w != named_group, w == "the command line")):  # named, then files, then the command line
+        lines.append(f"  from {where}: " + ", ".join(f"{k} {shown(values[k])}" for k in sorted(groups[where])))
+    lines.append("  every other option: the method's default (--print-config lists them all)")
+    return lines
 
 
 def _print_metrics(metrics: dict, run_dir: Path) -> None:
+    """What the run decides first (the counts predict and serve will give), then the rank
+    metrics and the best-F1 figures, labelled as the comparison they are."""
     from rich.table import Table
 
     logit = "threshold_logit" in metrics  # a method with a logit: thresholds as probabilities with their logits
-    table = Table(title=f"test metrics ({metrics['n_images']} images, {metrics['n_defective']} defective)")
-    for column in ("AP", "AUROC", "F1", "threshold", "FP", "FN", "FP at FN=0"):
+    console = _console()
+    decision = threshold_text(metrics["decision_threshold"], metrics.get("decision_threshold_logit"))
+    if "decision_fp" in metrics:
+        good = metrics["n_images"] - metrics["n_defective"]
+        console.print(f"decisions at the run's threshold {decision} (from {metrics['threshold_source']}), what predict and serve do: "
+                      f"{metrics['decision_fp']} false positives of {good} good, {metrics['decision_fn']} missed defects of {metrics['n_defective']} defective "
+                      f"(TP {metrics['decision_tp']}, TN {metrics['decision_tn']})", markup=False)
+    else:  # metrics.json of an earlier version
+        console.print(f"decision threshold {decision} from {metrics['threshold_source']}", markup=False)
+    table = Table(title=f"test metrics ({metrics['n_images']} images, {metrics['n_defective']} defective); F1, FP and FN at the best-F1 threshold "
+                        "chosen on these test images, for comparison only")
+    for column in ("AP", "AUROC", "best F1", "best-F1 threshold", "FP at it", "FN at it", "FP at FN=0"):
         table.add_column(column, justify="right")
     table.add_row(
         f"{metrics['ap']:.4f}", f"{metrics['auroc']:.4f}", f"{metrics['f1']:.4f}",
-        f"{metrics['threshold']:.4f} (logit {metrics['threshold_logit']:.2f})" if logit else f"{metrics['threshold']:.5g}",
+        threshold_text(metrics["threshold"], metrics["threshold_logit"] if logit else None),
         str(metrics["fp"]), str(metrics["fn"]), str(metrics["fp_at_fn0"]),
     )
-    console = _console()
     console.print(table)
     if "pixel_auroc" in metrics:
         width, height = metrics["pixel_size"]
         console.print(f"pixel AUROC {metrics['pixel_auroc']:.4f}  pixel AP {metrics['pixel_ap']:.4f}  AUPRO {metrics['aupro']:.4f} ({metrics['pixel_images']} images at {width}x{height})")
     elif "pixel_metrics" in metrics:
         console.print(f"pixel metrics {metrics['pixel_metrics']}")
-    if logit:
-        console.print(f"decision threshold {metrics['decision_threshold']:.4f} (logit {metrics['decision_threshold_logit']:.2f}) from {metrics['threshold_source']}")
-    else:
-        console.print(f"decision threshold {metrics['decision_threshold']:.5g} (anomaly score) from {metrics['threshold_source']}")
     console.print(f"run folder: {run_dir} (metrics.json, predictions.csv, pr_curve.svg, roc_curve.svg, model.safetensors)")
 
 
@@ -385,6 +443,9 @@ def _train(config_file, method, named, out, resume, evaluate, print_config, trac
     if resume is None and out is None:
         raise ConfigError("--out RUN_DIR is required (or --resume RUN_DIR)")
     run_dir = resume if resume is not None else out
+    if resume is None and os.environ.get("RANK", "0") == "0":
+        for line in settings_block(train_config, named):
+            _console().print(line, markup=False, soft_wrap=True)
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone evaluates and tracks
     tracking = None
     if main_rank and (trackers or mlflow_uri or tensorboard_dir):
@@ -485,6 +546,7 @@ def predict(
     weights: str = typer.Option("model.safetensors", "--weights", help="Weights file of the run folder (e.g. best.safetensors, when evaluated with eval --best)."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write one heatmap overlay PNG per image (the slowest part on big images)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace predictions.csv and overlays that an earlier predict wrote in --out."),
+    include_masks: bool = typer.Option(False, "--include-masks", help="Also score files in the given folders that look like masks (under masks/ or ground_truth/, named <stem>_mask/_label/_GT beside <stem>, or two-valued beside a same-stem image); they are skipped by default, and counted."),
 ):
     """Score images with a trained run: predictions.csv (written as it goes) and heatmap overlays.
 
@@ -508,6 +570,7 @@ def predict(
     from . import load, runs
     from .data.imageio import read_image
     from .data.readers.common import is_image
+    from .data.readers.folder import mask_like
     from .errors import ConfigError, DataError, DefectkitError
     from .files import refuse_existing
     from .infer.predictor import overlay
@@ -527,9 +590,14 @@ def predict(
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
         found: dict[Path, tuple[Path, Path]] = {}  # resolved path -> (path, the input folder it was found under)
         target = out.resolve()
+        masks: dict[Path, str] = {}  # skipped: mask-looking files of the given folders, and why
         for item in inputs:
             if item.is_dir():  # never this command's own output (overlays of an earlier run) as input
                 listed = sorted(p for p in item.rglob("*") if is_image(p) and not p.resolve().is_relative_to(target))
+                if not include_masks:
+                    skipped = mask_like(listed, item)
+                    masks.update(skipped)
+                    listed = [p for p in listed if p not in skipped]
                 pairs = [(p, item) for p in listed]
             elif item.is_file():
                 pairs = [(item, item)]
@@ -538,7 +606,7 @@ def predict(
             for path, base in pairs:
                 found.setdefault(path.resolve(), (path, base))  # an image given twice is scored once
         if not found:
-            raise DataError("no images found in the given inputs")
+            raise DataError("no images found in the given inputs" + (f" (besides {len(masks)} files that look like masks; --include-masks scores them)" if masks else ""))
         if out.exists() and not out.is_dir():
             raise DataError(f"{out}: is a file; --out must be a folder")
         if (out / runs.CONFIG).is_file():
@@ -562,6 +630,9 @@ def predict(
         distributed.barrier(ctx)  # no rank writes before every rank has checked that nothing is overwritten
     out.mkdir(parents=True, exist_ok=True)
     overlay_of = dict(zip(every, names))
+    if masks and rank == 0:
+        example, why = next(iter(masks.items()))
+        _console().print(f"skipping {len(masks)} file(s) that look like masks, not parts (e.g. {example}: {why}); --include-masks scores them too", markup=False)
     files = ctx.shard(every) if ctx else every
     rows_file = parts[rank] if ctx else out / "predictions.csv"
 
@@ -613,7 +684,7 @@ def predict(
         distributed.barrier(ctx)
     elapsed = time.perf_counter() - started
     if rank == 0:
-        console.print(f"{scored} images, {flagged} defective at threshold {predictor.threshold:.4f}; {scored / elapsed:.1f} images/s"
+        console.print(f"{scored} images, {flagged} defective at threshold {threshold_text(predictor.threshold)}; {scored / elapsed:.1f} images/s"
                       + (f" over {world} processes" if ctx else ""))
         console.print(f"wrote {out / 'predictions.csv'}" + (f" and {scored} overlays" if overlays else ""), markup=False)
     if skipped:  # one line per image left without a decision
@@ -670,8 +741,12 @@ def export_command(
         raise ConfigError(f"unknown export format {format!r}; available: onnx")
     if not int8 and (calibration_images is not None or data_root is not None):
         raise ConfigError("--calibration-images and --data-root apply to --int8 exports only")
+    import contextlib
+
     console = _console()
-    with console.status("exporting (tracing the model takes a while)" + ("; calibrating and checking the int8 model on the run's data" if int8 else "")):
+    if int8:  # its calibration and check show their own progress
+        console.print("exporting (tracing the model takes a while), then quantising to int8", markup=False)
+    with contextlib.nullcontext() if int8 else console.status("exporting (tracing the model takes a while)"):
         export_onnx(run_dir, out, weights=weights, check=check, log=lambda m: console.print(m, markup=False), overwrite=overwrite,
                     int8=int8, calibration_images=CALIBRATION_IMAGES if calibration_images is None else calibration_images, data_root=data_root)
 
@@ -734,22 +809,41 @@ def threshold_command(
     """Set the run's production decision threshold by a policy; predict, export and serve then use it."""
     from rich.table import Table
 
-    from .evaluate.run_eval import set_threshold
+    from .evaluate.run_eval import set_threshold, store_threshold
 
     console = _console()
-    result = set_threshold(run_dir, policy, split=split, data_root=data_root, device=device, write=not dry_run,
+    result = set_threshold(run_dir, policy, split=split, data_root=data_root, device=device, write=False,
                            log=lambda m: _console(stderr=True).print(m, markup=False), weights=weights)
     table = Table(title=f"{policy} on the {result['split']} split ({result['n_images']} images, {result['n_defective']} defective)")
     for column in ("threshold", "TP", "FP", "FN", "TN", "recall", "false-positive rate", "precision"):
         table.add_column(column, justify="right")
-    raw = f" (logit {result['value']:.4g})" if result["score"] != result["value"] else ""
-    table.add_row(f"{result['score']:.6g}{raw}", *(str(result[k]) for k in ("tp", "fp", "fn", "tn")),
+    table.add_row(threshold_text(result["score"], result["value"] if result["score"] != result["value"] else None), *(str(result[k]) for k in ("tp", "fp", "fn", "tn")),
                   *(f"{result[k]:.4f}" for k in ("recall", "fpr", "precision")))
     console.print(table)
+    for line in extreme_threshold_warnings(result):
+        console.print(f"warning: {line}", markup=False)
     if dry_run:
         console.print("dry run: nothing stored")
     else:
+        store_threshold(run_dir, result, result["score"] != result["value"], weights)
         console.print(f"stored in {run_dir / 'threshold.json'}; predict and serve use it now (re-export ONNX models to carry it)", markup=False)
+
+
+EXTREME_FPR, EXTREME_MISS = 0.2, 0.2  # shares of good parts flagged / of defects missed that a user must hear about
+
+
+def extreme_threshold_warnings(result: dict) -> list[str]:
+    """Plain words for a policy result a line would regret: most good parts flagged, or many
+    defects let through, with the policy that bounds it instead."""
+    lines = []
+    good = result["n_images"] - result["n_defective"]
+    if good and result["fpr"] > EXTREME_FPR:
+        lines.append(f"this threshold flags {result['fpr']:.1%} of the good parts of the {result['split']} split ({result['fp']} of {good}) as defective; "
+                     f"to bound that share, use --policy max-fpr=0.05 (at most 5%), and look at how many defects it then misses")
+    if result["n_defective"] and result["fn"] / result["n_defective"] > EXTREME_MISS:
+        lines.append(f"this threshold misses {result['fn'] / result['n_defective']:.1%} of the defective parts of the {result['split']} split "
+                     f"({result['fn']} of {result['n_defective']}): they would be passed as good; use --policy recall=0.99 or zero-fn to catch more")
+    return lines
 
 
 def _demo_folder(out: Optional[Path], overwrite: bool) -> Path:
@@ -871,8 +965,11 @@ def attention_pretrain(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one line (no traceback) and exit with code 2."""
+    from . import progress
+
     try:
-        app(args=argv, prog_name="defectkit", standalone_mode=True)
+        with progress.reporting(progress.for_console(_console())):
+            app(args=argv, prog_name="defectkit", standalone_mode=True)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except DefectkitError as exc:

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from .errors import ConfigError
 
@@ -132,6 +132,7 @@ class Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, protected_namespaces=())
     label: ClassVar[str] = "config"
+    _source: dict[str, str] = PrivateAttr(default_factory=dict)  # field -> where its value came from (from_dict's source)
 
     @model_validator(mode="after")
     def _check(self):
@@ -164,10 +165,17 @@ class Config(BaseModel):
         if not isinstance(data, Mapping):
             raise ConfigError(f"{cls.label} must be a mapping of options, got {type(data).__name__}")
         try:
-            return cls(**dict(data))
+            made = cls(**dict(data))
         except InvalidConfig as exc:
             unknown = any(e["type"] == "extra_forbidden" for e in exc.error.errors())
             raise ConfigError(format_errors(exc.error, cls.label, source) + (f"; valid: {', '.join(cls.field_names())}" if unknown else "")) from None
+        made._source = {k: v for k, v in (source or {}).items() if k in cls.model_fields}
+        return made
+
+    @property
+    def source(self) -> dict[str, str]:
+        """Where each field set by :meth:`from_dict`'s ``source`` came from; the rest are defaults."""
+        return dict(self._source)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON types only (tuples become lists)."""

@@ -158,3 +158,52 @@ def test_unevaluated_run_needs_eval_for_the_test_split(run):
     (run / "predictions.csv").unlink()
     with pytest.raises(DataError, match="defectkit eval"):
         set_threshold(run, "best-f1", split="test")
+
+
+def rewrite_logits(run, logits):
+    """predictions.csv with these logits (and scores) for its rows, in order: a crafted ranking."""
+    from defectkit.evaluate.run_eval import PREDICTION_COLUMNS
+    from defectkit.runs import write_csv
+
+    rows = read_csv(run / "predictions.csv")
+    for row, z in zip(rows, logits):
+        row["logit"], row["score"] = repr(float(z)), repr(float(1 / (1 + np.exp(-z))))
+    write_csv(run / "predictions.csv", list(PREDICTION_COLUMNS), ([r[k] for k in PREDICTION_COLUMNS] for r in rows))
+    return [r["label"] == "1" for r in rows]
+
+
+def test_an_extreme_policy_result_is_said_plainly_and_stored_as_asked(run, run_cli):
+    labels = rewrite_logits(run, [0.0] * 8)
+    defective = [i for i, bad in enumerate(labels) if bad]
+    logits = [2.0 if bad else 1.0 for bad in labels]
+    logits[defective[0]] = -1.0  # one defect scores below every good part: zero-fn must flag them all
+    rewrite_logits(run, logits)
+    code, out, err = run_cli("threshold", run, "--policy", "zero-fn")
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert "warning: this threshold flags 100.0% of the good parts of the test split (4 of 4) as defective" in text
+    assert "--policy max-fpr=0.05" in text and "stored in" in text
+    stored = json.loads((run / "threshold.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert stored["value"] == -1.0 and (metrics["decision_fp"], metrics["decision_fn"], metrics["decision_tp"], metrics["decision_tn"]) == (4, 0, 4, 0)
+
+    code, out, _ = run_cli("threshold", run, "--policy", "max-fpr=0", "--dry-run")  # now only the three defects above every good part
+    text = " ".join(out.split())
+    assert code == 0 and "warning: this threshold misses 25.0% of the defective parts of the test split (1 of 4)" in text
+    assert "passed as good" in text and "recall=0.99 or zero-fn" in text and "flags" not in text.split("warning")[1]
+    rewrite_logits(run, [2.0 if bad else 1.0 for bad in labels])  # separable: best F1 catches every defect, flags no good part
+    code, out, _ = run_cli("threshold", run, "--policy", "best-f1", "--dry-run")
+    assert code == 0 and "warning" not in out
+
+
+def test_small_thresholds_keep_their_digits(run, run_cli, tmp_path):
+    from defectkit.cli import threshold_text
+
+    assert threshold_text(6.4e-07) == "6.4e-07" and threshold_text(0.458409123) == "0.458409" and float(threshold_text(6.4e-07)) == 6.4e-07
+    assert threshold_text(0.99, 4.59512) == "0.99 (logit 4.59512)"
+    labels = rewrite_logits(run, [0.0] * 8)
+    rewrite_logits(run, [-14.26 + (3.0 if bad else 0.0) for bad in labels])  # scores about 6.4e-07 and 1.3e-05
+    code, out, err = run_cli("threshold", run, "--policy", "zero-fn")
+    assert code == 0, err
+    stored = json.loads((run / "threshold.json").read_text())
+    assert f"{stored['score']:.6g}" in out and "(logit -11.26)" in out and f"{stored['score']:.6g}".startswith("1.28777e-05")

@@ -323,7 +323,15 @@ def test_cli_train_eval_predict(tiny_data, tmp_path, run_cli):
                              "--inference-skips", "0111", "--validation-share", "0", "--out", run)
     assert code == 0, err
     assert "ignoring 3 defective training image(s)" in out and "test metrics (6 images, 3 defective)" in out
-    assert "pixel AUROC" in out and "(anomaly score) from quantile 0.99" in out
+    assert "pixel AUROC" in out and "best-F1 threshold chosen on these test images, for comparison only" in " ".join(out.split())
+    metrics = json.loads((run / runs.METRICS).read_text())
+    flagged = [(int(r["label"]), int(r["decision"])) for r in runs.read_csv(run / runs.PREDICTIONS)]
+    fp, fn = flagged.count((0, 1)), flagged.count((1, 0))
+    assert (metrics["decision_fp"], metrics["decision_fn"]) == (fp, fn)  # the counts of the decisions predictions.csv holds
+    decision = f"{metrics['decision_threshold']:.6g}"
+    assert (f"decisions at the run's threshold {decision} (from quantile 0.99" in " ".join(out.split())
+            and f"{fp} false positives of 3 good, {fn} missed defects of 3 defective" in " ".join(out.split()))
+    assert out.index("decisions at the run's threshold") < out.index("test metrics")  # what the run does comes first
     saved = runs.read_yaml(run / runs.CONFIG)
     assert (saved["train"]["mask_share"], saved["train"]["fill"], saved["model"]["config"]["inference_skips"]) == (0.2, "mosaic", [False, True, True, True])
     metrics = json.loads((run / runs.METRICS).read_text())

@@ -39,6 +39,7 @@ KINDS = {
     "mask_mode": "a mask file that cannot be a mask (colour, float)",
     "orphan_mask": "a mask file that no image uses",
     "ambiguous_mask": "a mask matched by stem to several images, or an image matching several masks",
+    "empty_mask": "a defective image whose mask marks no pixel (segdec trains it on its image label only)",
     "bad_row": "a labels.csv row that cannot be read",
     "listed_twice": "the same image file twice in one split",
     "train_test_overlap": "the same image file in training (or validation) and test",
@@ -276,6 +277,9 @@ def check_sample(sample: Sample) -> tuple[str, str] | None:
         return ("missing" if "file not found" in str(exc) else "unreadable"), str(exc)
     if mask.shape != (size[1], size[0]):  # run-length masks: their declared shape
         return "mask_size", f"{sample.name} (run-length mask): mask is {mask.shape[1]}x{mask.shape[0]} but its image {path} is {size[0]}x{size[1]}"
+    if sample.is_defective and sample.pixel_labelled and not mask.any():
+        where = sample.mask_path or f"{sample.name} (run-length mask)"
+        return "empty_mask", f"{where}: mask of defective image {path.name} marks no pixel; segdec trains it on its image label only (--empty-masks pixel: as an empty target)"
     return None
 
 

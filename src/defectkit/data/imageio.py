@@ -142,6 +142,25 @@ def rle_decode(rle: str, shape: tuple[int, int], *, source: str = "RLE") -> np.n
     return np.ascontiguousarray(mask.reshape(width, height).T)
 
 
+def empty_mask_samples(samples: list[Sample], workers: int = 4) -> list[int]:
+    """Indices of the defective, pixel-labelled samples whose mask marks no pixel (masks only
+    are read; a mask that cannot be read is left to the loader to report)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    candidates = [i for i, s in enumerate(samples) if s.is_defective and s.pixel_labelled and s.has_mask]
+
+    def empty(i: int) -> bool:
+        s = samples[i]
+        try:
+            mask = read_mask_file(s.mask_path) if s.mask_path is not None else load_mask(s)
+        except DataError:
+            return False
+        return mask is not None and not mask.any()
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return [i for i, is_empty in zip(candidates, pool.map(empty, candidates)) if is_empty]
+
+
 def load_mask(sample: Sample) -> np.ndarray | None:
     """Full-resolution binary mask of a sample; zeros for a good image without a mask file;
     ``None`` for a defective image that has no pixel annotation at all.

@@ -359,7 +359,7 @@ def parse_policy(text: str) -> tuple[str, float | None]:
         except ValueError:
             x = float("nan")
         if not 0.0 <= x <= 1.0:  # also rejects nan
-            raise MetricInputError(f"policy {text!r}: {name} needs a value between 0 and 1, e.g. {name}=0.01")
+            raise MetricInputError(f"policy {text!r}: {name} needs a value between 0 and 1, e.g. {'recall=0.99' if name == 'recall' else 'max-fpr=0.01'}")
         return name, x
     raise MetricInputError(f"unknown threshold policy {text!r}; choose one of {', '.join(POLICIES)}")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import runs
+from .. import progress, runs
 from ..errors import DataError
 from . import metrics as M
 
@@ -59,7 +59,7 @@ def score_samples(method, samples) -> tuple[np.ndarray, np.ndarray, dict]:
     with_pixels = any(s.is_defective and s.has_mask for s in samples)
     size = pixel_size(sum(s.has_mask or not s.is_defective for s in samples), method.config.input_size)
     raw_parts, masks, maps = [], [], []
-    for batch, raw, batch_maps in method.iter_samples(samples):
+    for batch, raw, batch_maps in progress.track(method.iter_samples(samples), f"scoring {len(samples)} images", total=len(samples), size=lambda t: len(t[0])):
         raw_parts.append(raw)
         if with_pixels:
             for sample, heat in zip(batch, batch_maps):
@@ -122,6 +122,7 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, devic
     else:
         result["decision_threshold"] = float(decision)
         result.update({f"threshold_{k}": v for k, v in threshold.items() if k in ("quantile", "images")})
+    result.update(decision_counts(labels, raw, decision))
     result.update(pixel_result)
     result.update(threshold_source=threshold["source"], method=method.name, dataset=config.dataset, split=config.split, fold=config.fold, **runs.weights_record(run_dir, weights))
     runs.write_json(run_dir / runs.METRICS, result)
@@ -140,6 +141,14 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, devic
 
 
 PREDICTION_COLUMNS = ("image", "name", "label", "score", "logit", "decision")
+
+
+def decision_counts(labels, raw, value: float) -> dict[str, int]:
+    """The confusion counts of the decisions the run makes (raw >= its decision threshold):
+    what predict and serve will do on these images, unlike the best-F1 figures."""
+    labels, flagged = np.asarray(labels, bool), np.asarray(raw) >= value
+    return {"decision_tp": int(np.sum(flagged & labels)), "decision_fp": int(np.sum(flagged & ~labels)),
+            "decision_fn": int(np.sum(~flagged & labels)), "decision_tn": int(np.sum(~flagged & ~labels))}
 
 
 def read_predictions(run_dir: Path) -> tuple[list[dict], np.ndarray, np.ndarray, np.ndarray]:
@@ -214,19 +223,27 @@ def set_threshold(run_dir: str | Path, policy: str, split: str = "auto", data_ro
         **{k: v for k, v in chosen.items() if k != "policy"},
         **runs.weights_record(run_dir, weights),
     }
-    if not write:
-        return result
+    if write:
+        store_threshold(run_dir, result, is_logit, weights)
+    return result
+
+
+def store_threshold(run_dir: Path, result: dict, is_logit: bool, weights: str = runs.MODEL) -> None:
+    """Store a :func:`set_threshold` result in threshold.json; metrics.json's decision threshold
+    and counts and predictions.csv's decisions follow when they are of these weights."""
+    value, score = result["value"], result["score"]
     try:  # the evaluation files follow only when they are of these weights
         stored = runs.evaluation(run_dir, weights)
     except DataError:
         stored = None
     runs.write_json(run_dir / runs.THRESHOLD, result)
-    if stored is not None:
-        stored.update(decision_threshold=score, threshold_source=result["source"], **({"decision_threshold_logit": value} if is_logit else {}))
-        runs.write_json(run_dir / runs.METRICS, stored)
-    if stored is not None and (run_dir / runs.PREDICTIONS).is_file():
-        rows, _, _, raw = read_predictions(run_dir)
+    if stored is None:
+        return
+    stored.update(decision_threshold=score, threshold_source=result["source"], **({"decision_threshold_logit": value} if is_logit else {}))
+    if (run_dir / runs.PREDICTIONS).is_file():
+        rows, labels, _, raw = read_predictions(run_dir)
+        stored.update(decision_counts(labels, raw, value))
         for row, z in zip(rows, raw):
             row["decision"] = int(z >= value)
         runs.write_csv(run_dir / runs.PREDICTIONS, list(PREDICTION_COLUMNS), ([row[k] for k in PREDICTION_COLUMNS] for row in rows))
-    return result
+    runs.write_json(run_dir / runs.METRICS, stored)

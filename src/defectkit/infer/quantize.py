@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import progress
 from ..errors import ConfigError, DataError
 
 ACCURACY_TOLERANCE = 0.005  # largest |AP| and |AUROC| change on the test split an int8 model may make
@@ -110,7 +111,7 @@ def quantize(fp32: Path, out: Path, samples: list, channels: int, size: tuple[in
         drops the batches before each bound in onnxruntime 1.31: it is not used.)"""
 
         def __init__(self):
-            self.pending = iter(samples)
+            self.pending = progress.track(samples, f"int8: calibrating on {len(samples)} training images", total=len(samples))
 
         def get_next(self):
             sample = next(self.pending, None)
@@ -159,7 +160,7 @@ def compare(fp32: Path, int8: Path, method, threshold_raw: float, data_root=None
         raise DataError(f"{label}dataset {method.config.dataset}: the test split has {len(test)} images of one class; the int8 model's AP and AUROC cannot be checked")
     sessions = _session(fp32, "all"), _session(int8, GRAPH_OPTIMIZATION)
     scores = np.empty((len(test), 2, 2))  # image, (fp32, int8), (score, raw)
-    for i, sample in enumerate(test):
+    for i, sample in enumerate(progress.track(test, f"int8: checking fp32 and int8 on {len(test)} test images", total=len(test))):
         image = _image(sample, method.pre.channels)
         scores[i] = [[float(v[0]) for v in session.run(["score", "raw"], {"image": image})] for session in sessions]
     (score_fp32, reference), (score_int8, quantized) = scores[:, 0].T, scores[:, 1].T

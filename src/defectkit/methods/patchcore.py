@@ -265,7 +265,9 @@ def greedy_coreset(points: torch.Tensor, count: int, start: int) -> tuple[torch.
     nearest_chosen = torch.full_like(squares, float("inf"))
     chosen = torch.empty(count, dtype=torch.long, device=points.device)
     index = torch.tensor(start, device=points.device)
-    for i in range(count):
+    from .. import progress
+
+    for i in progress.track(range(count), f"PatchCore coreset: choosing {count} of {len(points)} patches", total=count):
         chosen[i] = index
         centre = points[index]
         d = (squares - 2.0 * (points @ centre) + squares[index]).clamp_min(0.0)

@@ -38,6 +38,8 @@ class SegDecTrainConfig(MethodConfig):
     gradient_adjustment: bool = option(True, "Keep the classification loss's gradient out of the segmentation net (extension 2).")
     frequency_sampling: bool = option(True, "Draw defect-free images by frequency of use (extension 4); else uniformly.")
     precision: str = option("auto", "auto (bf16 autocast on a CUDA GPU that has it, else fp32), fp32, or bf16 (GPU only).")
+    empty_masks: Literal["image-label", "pixel"] = option(
+        "image-label", "Defective training images whose mask is all zeros: image-label (trained on their label only) or pixel (an empty segmentation target, as the mask says).")
 
     def check(self) -> None:
         super().check()
@@ -133,6 +135,27 @@ def batch_loss(logit, seg, targets, weights, labels, has_seg, w_seg: float, w_cl
 
 class SegDec(Method):
     """Raw score = the decision logit; heatmap = the segmentation probability at 1/8 of the input."""
+
+    def training_samples(self, parts, log):
+        """A defective image whose mask marks no pixel is an annotation left blank far more often
+        than a defect with no extent: as a pixel target it would teach the segmentation net that
+        the defect is background. It trains on its image label, unless ``empty_masks`` is pixel."""
+        import dataclasses
+
+        from ..data.imageio import empty_mask_samples
+
+        samples = super().training_samples(parts, log)
+        empty = set(empty_mask_samples(samples))
+        if empty:
+            first = samples[min(empty)]
+            where = first.mask_path or first.name
+            if self.config.empty_masks == "image-label":
+                log(f"warning: {len(empty)} defective training image(s) have an all-zero mask (first: {where}); training them on their image label only "
+                    "(--empty-masks pixel uses the empty masks as targets)")
+                samples = [dataclasses.replace(s, pixel_labelled=False) if i in empty else s for i, s in enumerate(samples)]
+            else:
+                log(f"warning: {len(empty)} defective training image(s) have an all-zero mask (first: {where}); using them as empty targets (--empty-masks pixel)")
+        return samples
 
     name = "segdec"
     summary = "supervised two-stage segmentation + decision network (Božič et al.)"

@@ -194,6 +194,45 @@ def scan_folder(root: str | Path, problems: list | None = None) -> list[Sample]:
     return samples
 
 
+MASK_FOLDER_NAMES = {"masks", "mask", "ground_truth", "groundtruth", "gt", "labels", "annotations"}
+
+
+def mask_like(files: list[Path], base: Path) -> dict[Path, str]:
+    """The files among ``files`` (found under folder ``base``) that look like masks, with why:
+    under a mask folder (``masks/``, ``ground_truth/``, ...); named ``<stem>_mask``, ``_label``
+    or ``_GT`` beside an image ``<stem>``; or sharing its stem with another image of the folder
+    (``x.png`` beside ``x.jpg``) while holding two pixel values at most, as a mask does."""
+    from PIL import Image
+
+    out: dict[Path, str] = {}
+    by_folder: dict[Path, dict[str, list[Path]]] = {}
+    for f in files:
+        by_folder.setdefault(f.parent, {}).setdefault(f.stem.lower(), []).append(f)
+    for f in files:
+        try:
+            parts = f.relative_to(base).parts[:-1]
+        except ValueError:
+            parts = ()
+        folder = next((p for p in parts if p.lower() in MASK_FOLDER_NAMES), None)
+        if folder is not None:
+            out[f] = f"in a {folder}/ folder"
+            continue
+        stems = by_folder[f.parent]
+        owner = next((f.stem[: -len(x)] for x in MASK_SUFFIXES if x and f.stem.lower().endswith(x.lower()) and f.stem[: -len(x)].lower() in stems), None)
+        if owner is not None:
+            out[f] = f"named like the mask of {owner}"
+            continue
+        if len(stems[f.stem.lower()]) > 1:
+            try:
+                with Image.open(f) as image:
+                    two_valued = image.getcolors(maxcolors=2) is not None  # None: more than two colours
+            except Exception:  # unreadable: predict reports it as an image that cannot be read
+                continue
+            if two_valued:
+                out[f] = f"two-valued like a mask, beside {next(o.name for o in stems[f.stem.lower()] if o != f)}"
+    return out
+
+
 def mask_folders(root: str | Path) -> list[Path]:
     """The folders masks are matched in (``masks/`` and ``<split>/masks/``) that exist."""
     root = Path(root)
