@@ -61,14 +61,18 @@ class BarReporter:
             yield _Quiet()
             return
 
-        class Phase:
-            def advance(self, n: int = 1) -> None:
-                bar.advance(task, n)
-
         try:
-            yield Phase()
+            yield _BarPhase(bar, task)
         finally:
             bar.stop()
+
+
+class _BarPhase:
+    def __init__(self, bar, task):
+        self.bar, self.task = bar, task
+
+    def advance(self, n: int = 1) -> None:
+        self.bar.advance(self.task, n)
 
 
 class _Quiet:
@@ -87,13 +91,8 @@ class TaskReporter:
     def phase(self, description: str, total: int | None):
         bar = self.bar
         task = bar.add_task(description, total=total, **self.fields)
-
-        class Phase:
-            def advance(self, n: int = 1) -> None:
-                bar.advance(task, n)
-
         try:
-            yield Phase()
+            yield _BarPhase(bar, task)
         finally:
             bar.remove_task(task)
 

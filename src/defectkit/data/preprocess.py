@@ -35,8 +35,44 @@ def image_to_tensor_layout(image: np.ndarray) -> np.ndarray:
     return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-def network_input(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 HxW or HxWxC -> float32 CxHxW in [0, 1] at ``size = (width, height)``.
+RESIZE_MODES = ("stretch", "pad")
+
+
+def canvas_size(height: int, width: int, size: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of the zero-padded canvas an image of ``height x width`` takes in
+    ``pad`` mode: itself widened or heightened at the right or bottom to the input's aspect
+    ratio, so that the stretch to ``size = (width, height)`` scales both sides alike."""
+    target_w, target_h = size
+    if width * target_h < height * target_w:  # narrower than the input: pad the width
+        return height, max(width, round(height * target_w / target_h))
+    return max(height, round(width * target_h / target_w)), width
+
+
+def pad_to_aspect(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` (HxW or HxWxC, any dtype) on its :func:`canvas_size` canvas: zeros at the
+    right or bottom, the image at the top left."""
+    height, width = image.shape[:2]
+    canvas_h, canvas_w = canvas_size(height, width, size)
+    if (canvas_h, canvas_w) == (height, width):
+        return image
+    out = np.zeros((canvas_h, canvas_w, *image.shape[2:]), dtype=image.dtype)
+    out[:height, :width] = image
+    return out
+
+
+def heatmap_to_image(heatmap: np.ndarray, height: int, width: int, size: tuple[int, int], mode: str = "stretch") -> np.ndarray:
+    """A network-size heatmap at the image's ``height x width``: resized (bilinear, as the ONNX
+    graph does), in ``pad`` mode to the canvas and then cropped to the image."""
+    import cv2
+
+    canvas_h, canvas_w = canvas_size(height, width, size) if mode == "pad" else (height, width)
+    out = heatmap if heatmap.shape == (canvas_h, canvas_w) else cv2.resize(heatmap, (canvas_w, canvas_h), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(out[:height, :width], dtype=np.float32)
+
+
+def network_input(image: np.ndarray, size: tuple[int, int], mode: str = "stretch") -> np.ndarray:
+    """uint8 HxW or HxWxC -> float32 CxHxW in [0, 1] at ``size = (width, height)``; in ``pad``
+    mode the image is first put on its :func:`canvas_size` canvas (the aspect ratio kept).
 
     Bilinear with half-pixel centres and no antialiasing, computed in float from the uint8
     pixels: the reference resizes the uint8 image with OpenCV, whose fixed-point arithmetic
@@ -48,7 +84,7 @@ def network_input(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     import torch.nn.functional as F
 
     width, height = size
-    array = image_to_tensor_layout(image)
+    array = image_to_tensor_layout(pad_to_aspect(image, size) if mode == "pad" else image)
     if array.shape[1:] == (height, width):
         return array
     with torch.inference_mode():
@@ -116,6 +152,7 @@ class Preprocessing:
     weight_p: float = 2.0
     weight_max: float = 1.0
     weight_per_component: bool = False
+    resize: str = "stretch"  # stretch: both sides to the input size; pad: the aspect ratio kept (zeros at the right or bottom)
 
     def __post_init__(self):
         width, height = self.input_size
@@ -123,17 +160,19 @@ class Preprocessing:
             raise ConfigError(f"input size {width}x{height} must be positive multiples of {DOWNSAMPLE}")
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
+        if self.resize not in RESIZE_MODES:
+            raise ConfigError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
 
     def image(self, sample: Sample) -> np.ndarray:
         """float32 CxHxW in [0, 1] at the input size."""
-        return network_input(read_image(sample.image_path, self.channels), self.input_size)
+        return network_input(read_image(sample.image_path, self.channels), self.input_size, self.resize)
 
     def load(self, sample: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(image CxHxW, soft mask, loss weights), the last two at 1/8 of the input size.
 
         A weakly labelled positive gets zero targets and weights: it gives no segmentation loss."""
         raw = read_image(sample.image_path, self.channels)
-        image = network_input(raw, self.input_size)
+        image = network_input(raw, self.input_size, self.resize)
         width, height = self.input_size
         shape = (height // DOWNSAMPLE, width // DOWNSAMPLE)
         if sample.is_defective and not sample.pixel_labelled:
@@ -146,7 +185,8 @@ class Preprocessing:
                 f"{sample.mask_path or sample.name}: mask is {mask.shape[1]}x{mask.shape[0]} "
                 f"but its image {sample.image_path.name} is {raw.shape[1]}x{raw.shape[0]}"
             )
-        mask = resize(dilate(mask, self.dilate).astype(np.float32), self.input_size)
+        mask = dilate(mask, self.dilate).astype(np.float32)
+        mask = resize(pad_to_aspect(mask, self.input_size) if self.resize == "pad" else mask, self.input_size)
         if self.weighted_segmentation:
             weights = distance_weights(mask, self.weight_max, self.weight_p, self.weight_per_component)
         else:

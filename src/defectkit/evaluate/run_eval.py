@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import progress, runs
+from .. import runs
 from ..errors import DataError
 from . import metrics as M
 
@@ -55,15 +55,21 @@ def score_samples(method, samples) -> tuple[np.ndarray, np.ndarray, dict]:
     """(labels, raw scores, pixel metrics) of ``samples``; the pixel metrics are empty unless
     some defective sample has a mask (good images count as all-good; defective images without
     a mask are left out of them)."""
+    from ..data.imageio import image_size
+    from ..data.preprocess import heatmap_to_image
+
     labels = np.array([s.is_defective for s in samples])
     with_pixels = any(s.is_defective and s.has_mask for s in samples)
     size = pixel_size(sum(s.has_mask or not s.is_defective for s in samples), method.config.input_size)
     raw_parts, masks, maps = [], [], []
-    for batch, raw, batch_maps in progress.track(method.iter_samples(samples), f"scoring {len(samples)} images", total=len(samples), size=lambda t: len(t[0])):
+    for batch, raw, batch_maps in method.iter_samples(samples):  # its progress is shown there
         raw_parts.append(raw)
         if with_pixels:
             for sample, heat in zip(batch, batch_maps):
                 if sample.has_mask or not sample.is_defective:
+                    if method.pre.resize == "pad":  # the part of the map on the image, as predict crops it
+                        width, height = image_size(sample.image_path)
+                        heat = heatmap_to_image(heat, height, width, method.pre.input_size, "pad")
                     maps.append(resize_to(heat, size))
                     masks.append(mask_at(sample, size))
     pixels = {}

@@ -36,7 +36,7 @@ from . import quantize as Q
 from .predictor import Predictor
 
 SIDECAR_SUFFIX = ".json"
-FORMAT_VERSION = 2  # 2: raw_is_logit in the sidecar
+FORMAT_VERSION = 3  # 2: raw_is_logit in the sidecar; 3: input.resize "pad" (written only by such exports: older readers refuse them)
 PARITY_TOLERANCE = 1e-4  # largest score difference to PyTorch the export accepts
 
 
@@ -131,11 +131,14 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, weights: str
     finally:
         tmp.unlink(missing_ok=True)
     sidecar = {
-        "format": "defectkit-onnx", "format_version": FORMAT_VERSION, "defectkit": __version__,
+        "format": "defectkit-onnx", "format_version": FORMAT_VERSION if method.pre.resize == "pad" else 2, "defectkit": __version__,
         "method": method.name, "raw_is_logit": method.raw_is_logit, "run": str(run_dir.resolve()), "weights": weights,
         "model_sha256": sha256(out),
         "input": {"name": "image", "dtype": "uint8", "layout": "NCHW", "channels": channels,
-                  "colour": "gray" if channels == 1 else "RGB", "size_any": True, "network_size": [width, height]},
+                  "colour": "gray" if channels == 1 else "RGB", "size_any": True, "network_size": [width, height], "resize": method.pre.resize,
+                  **({"pad": "before the graph: zeros at the right or bottom up to the network size's aspect ratio (width = round(height * W / H) "
+                             "or height = round(width * H / W)); the heatmap output then covers that canvas: crop it to the image"}
+                     if method.pre.resize == "pad" else {})},
         "outputs": {"score": f"N: {method.score_text}", "raw": "N: " + ("decision logit" if method.raw_is_logit else "same as score"),
                     "heatmap": f"N x H x W at the input image size: {method.heatmap_text}"},
         "threshold": {"raw": predictor.threshold_raw, "score": predictor.threshold, "rule": "defective when raw >= threshold.raw"},
@@ -164,7 +167,7 @@ def _quantized(run_dir: Path, fp32: Path, out: Path, method, calibration: list, 
     tmp = out.with_name(f".{out.name}.quantized.tmp")
     try:
         label = f"{run_dir}: "
-        section = Q.quantize(fp32, tmp, calibration, method.pre.channels, method.pre.input_size, label)
+        section = Q.quantize(fp32, tmp, calibration, method.pre, label)
         test = Q.compare(fp32, tmp, method, threshold_raw, data_root, label)
         problem = Q.accuracy_problem(test)
         if problem:
@@ -184,7 +187,7 @@ def _parity(path: Path, method) -> float:
     import torch
     import torch.nn.functional as F
 
-    from ..data.preprocess import network_input
+    from ..data.preprocess import network_input, pad_to_aspect
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
@@ -195,9 +198,13 @@ def _parity(path: Path, method) -> float:
         # smooth images, as real ones are, so the check is not decided by noise alone
         base = rng.integers(0, 256, (batch, channels, 4, 4)).astype(np.float32)
         images = F.interpolate(torch.from_numpy(base), size=(h, w), mode="bicubic", align_corners=False).clamp(0, 255).round().to(torch.uint8).numpy()
-        score, _raw, heatmap = session.run(None, {"image": images})
         hwc = images.transpose(0, 2, 3, 1) if channels == 3 else images[:, 0]
-        reference_raw, _ = method.score_batch(np.stack([network_input(a, (width, height)) for a in hwc]))
+        if method.pre.resize == "pad":  # as the ONNX predictor feeds the graph
+            padded = np.stack([pad_to_aspect(a, (width, height)) for a in hwc])
+            images = np.ascontiguousarray(padded.transpose(0, 3, 1, 2) if channels == 3 else padded[:, None])
+            h, w = images.shape[2:]
+        score, _raw, heatmap = session.run(None, {"image": images})
+        reference_raw, _ = method.score_batch(np.stack([network_input(a, (width, height), method.pre.resize) for a in hwc]))
         reference = method.to_score(reference_raw)
         if heatmap.shape != (batch, h, w):
             raise DataError(f"ONNX heatmap has shape {heatmap.shape}, expected {(batch, h, w)}")

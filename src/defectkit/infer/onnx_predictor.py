@@ -54,6 +54,10 @@ class OnnxPredictor:
             raise DataError(f"{self.path}: onnxruntime cannot load it: {exc}") from None
         self.method = self.meta["method"]
         self.channels = int(self.meta["input"]["channels"])
+        self.resize = self.meta["input"].get("resize", "stretch")
+        self.network_size = tuple(self.meta["input"]["network_size"])
+        if self.resize not in ("stretch", "pad"):
+            raise DataError(f"{meta_path}: unknown input resize {self.resize!r} (stretch or pad)")
         self.threshold_raw = float(self.meta["threshold"]["raw"])
         self.threshold = float(self.meta["threshold"]["score"])
         # sidecars of format 1 say it only in words
@@ -63,7 +67,12 @@ class OnnxPredictor:
 
     def predict_batch(self, images: list) -> list[Prediction]:
         """One prediction per image; a non-finite score is :class:`NonFiniteScore`, never a decision."""
+        from ..data.preprocess import pad_to_aspect
+
         arrays = [to_array(im, self.channels) for im in images]
+        sizes = [a.shape[:2] for a in arrays]
+        if self.resize == "pad":  # the graph stretches; on this canvas that keeps the aspect ratio
+            arrays = [pad_to_aspect(a, self.network_size) for a in arrays]
         out: list[Prediction | None] = [None] * len(arrays)
         groups: dict[tuple, list[int]] = {}
         for i, array in enumerate(arrays):
@@ -76,7 +85,9 @@ class OnnxPredictor:
                 if not (np.isfinite(score[j]) and np.isfinite(raw[j])):
                     raise NonFiniteScore(float(raw[j]), str(images[i]) if isinstance(images[i], (str, Path)) else f"image {i} of the batch")
                 logit = float(raw[j]) if self.raw_is_logit else None
-                out[i] = Prediction(float(score[j]), bool(raw[j] >= self.threshold_raw), heatmap[j].astype(np.float32), self.threshold, logit)
+                height, width = sizes[i]
+                out[i] = Prediction(float(score[j]), bool(raw[j] >= self.threshold_raw), np.ascontiguousarray(heatmap[j][:height, :width], dtype=np.float32),
+                                    self.threshold, logit)
         return out
 
     def predict(self, image: Any) -> Prediction:

@@ -76,7 +76,7 @@ class Predictor:
         """What the network takes for one image (any kind :func:`to_array` reads)."""
         from ..data.preprocess import network_input
 
-        return network_input(to_array(image, self.pre.channels), self.pre.input_size)
+        return network_input(to_array(image, self.pre.channels), self.pre.input_size, self.pre.resize)
 
     def predict_inputs(self, x: np.ndarray, names: list[str] | None = None) -> list[Prediction]:
         """Predictions of a stack of :meth:`network_input`'s, heatmaps at the network's size.
@@ -91,14 +91,14 @@ class Predictor:
         return out
 
     def predict_batch(self, images: list) -> list[Prediction]:
-        import cv2
+        from ..data.preprocess import heatmap_to_image
 
         arrays = [to_array(im, self.pre.channels) for im in images]
         x = np.stack([self.network_input(a) for a in arrays])
         names = [str(im) if isinstance(im, (str, Path)) else f"image {i} of the batch" for i, im in enumerate(images)]
         out = self.predict_inputs(x, names)
         for array, p in zip(arrays, out):
-            p.heatmap = cv2.resize(p.heatmap, (array.shape[1], array.shape[0]), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+            p.heatmap = heatmap_to_image(p.heatmap, array.shape[0], array.shape[1], self.pre.input_size, self.pre.resize)
         return out
 
     def predict(self, image: Any) -> Prediction:

@@ -48,16 +48,20 @@ QUANTIZED_OPS = ("Conv", "Gemm")
 GRAPH_OPTIMIZATION = "extended"  # onnxruntime's level for int8 sessions (see above)
 
 
-def _image(sample, channels: int, size: tuple[int, int] | None = None) -> np.ndarray:
-    """uint8 ``1 x C x H x W`` as the graph takes it, at ``size`` (width, height) when given."""
+def _image(sample, pre, resized: bool = False) -> np.ndarray:
+    """uint8 ``1 x C x H x W`` as the graph takes it (on its canvas in ``pad`` mode, as the ONNX
+    predictor feeds it), already at the network size when ``resized``."""
     import cv2
 
     from ..data.imageio import read_image
+    from ..data.preprocess import pad_to_aspect
 
-    image = read_image(sample.image_path, channels)
-    if size is not None and (image.shape[1], image.shape[0]) != tuple(size):
-        image = cv2.resize(image, tuple(size), interpolation=cv2.INTER_LINEAR)
-    return np.ascontiguousarray((image[None] if channels == 1 else image.transpose(2, 0, 1))[None])
+    image = read_image(sample.image_path, pre.channels)
+    if pre.resize == "pad":
+        image = pad_to_aspect(image, pre.input_size)
+    if resized and (image.shape[1], image.shape[0]) != tuple(pre.input_size):
+        image = cv2.resize(image, tuple(pre.input_size), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray((image[None] if pre.channels == 1 else image.transpose(2, 0, 1))[None])
 
 
 def calibration_samples(method, count: int = CALIBRATION_IMAGES, data_root=None) -> list:
@@ -99,7 +103,7 @@ def _prepared(path: Path):
     return model, [n.name for n in learned if n.input[1] not in ends]
 
 
-def quantize(fp32: Path, out: Path, samples: list, channels: int, size: tuple[int, int], label: str = "") -> dict:
+def quantize(fp32: Path, out: Path, samples: list, pre, label: str = "") -> dict:
     """Write the int8 model of ``fp32`` to ``out``; return what the sidecar records of it
     (``label``: what error messages start with)."""
     import onnxruntime as ort
@@ -115,7 +119,7 @@ def quantize(fp32: Path, out: Path, samples: list, channels: int, size: tuple[in
 
         def get_next(self):
             sample = next(self.pending, None)
-            return None if sample is None else {"image": _image(sample, channels, size)}
+            return None if sample is None else {"image": _image(sample, pre, resized=True)}
 
     model, targets = _prepared(fp32)
     if not targets:
@@ -161,7 +165,7 @@ def compare(fp32: Path, int8: Path, method, threshold_raw: float, data_root=None
     sessions = _session(fp32, "all"), _session(int8, GRAPH_OPTIMIZATION)
     scores = np.empty((len(test), 2, 2))  # image, (fp32, int8), (score, raw)
     for i, sample in enumerate(progress.track(test, f"int8: checking fp32 and int8 on {len(test)} test images", total=len(test))):
-        image = _image(sample, method.pre.channels)
+        image = _image(sample, method.pre)
         scores[i] = [[float(v[0]) for v in session.run(["score", "raw"], {"image": image})] for session in sessions]
     (score_fp32, reference), (score_int8, quantized) = scores[:, 0].T, scores[:, 1].T
     for name, values in (("fp32", scores[:, 0]), ("int8", scores[:, 1])):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Literal
 
 import numpy as np
 
@@ -50,6 +50,8 @@ class MethodConfig(Config):
     model_overrides: dict[str, Any] = option({}, "Model config fields to change (YAML only).", cli=False)
     input_size: Size = option((512, 1408), "Network input size, WIDTHxHEIGHT, both multiples of 8.", metavar="WxH")
     channels: Int = option(1, "1 (gray) or 3 (RGB).")
+    resize: Literal["stretch", "pad"] = option(
+        "stretch", "How images reach the input size: stretch (both sides scaled to it, as the papers do) or pad (scaled alike, keeping the aspect ratio, with zeros at the right or bottom; heatmaps cropped back).")
     # optimisation
     epochs: Int = option(50, "Training epochs (--resume may raise it).", resumable=True)
     batch_size: Int = option(1, "Images per optimiser step.")
@@ -77,7 +79,7 @@ class MethodConfig(Config):
         self.preprocessing()  # checks size and channels
 
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing(input_size=self.input_size, channels=self.channels, dilate=0, weighted_segmentation=False)
+        return Preprocessing(input_size=self.input_size, channels=self.channels, dilate=0, weighted_segmentation=False, resize=self.resize)
 
 
 def to_score(raw, raw_is_logit: bool):
@@ -256,8 +258,11 @@ class Method:
         """(samples, raw scores, maps) batch by batch: maps never pile up for a whole split."""
         from ..data.loader import stream
 
+        from .. import progress
+
         load = _ImageItem(self.pre)
-        for part, (images,) in stream(samples, load, batch_size or self.config.eval_batch_size):
+        batches = stream(samples, load, batch_size or self.config.eval_batch_size)
+        for part, (images,) in progress.track(batches, f"scoring {len(samples)} images", total=len(samples), size=lambda batch: len(batch[0])):
             raw, maps = self.score_batch(images.numpy())
             yield part, raw, maps
 

@@ -56,6 +56,7 @@ class SegDecTrainConfig(MethodConfig):
             weighted_segmentation=self.weighted_segmentation,
             weight_p=self.weight_p,
             weight_max=self.weight_max,
+            resize=self.resize,
         )
 
 

@@ -128,13 +128,12 @@ class ServedModel:
         return p.predict_inputs(np.stack(prepared)) if self.backend == "torch" else p.predict_batch(prepared)
 
     def full_heatmap(self, prediction, width: int, height: int):
-        """The heatmap at the picture's size (as the predictor resizes it); any thread."""
+        """The heatmap at the picture's size (as the predictor draws it); any thread."""
         if prediction.heatmap.shape == (height, width):
             return prediction.heatmap
-        import cv2
-        import numpy as np
+        from ..data.preprocess import heatmap_to_image
 
-        return cv2.resize(prediction.heatmap, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float32, copy=False)
+        return heatmap_to_image(prediction.heatmap, height, width, self.predictor.pre.input_size, self.predictor.pre.resize)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False)
