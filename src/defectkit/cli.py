@@ -245,6 +245,10 @@ def _print_metrics(metrics: dict, run_dir: Path) -> None:
         console.print(f"decisions at the run's threshold {decision} (from {metrics['threshold_source']}), what predict and serve do: "
                       f"{metrics['decision_fp']} false positives of {good} good, {metrics['decision_fn']} missed defects of {metrics['n_defective']} defective "
                       f"(TP {metrics['decision_tp']}, TN {metrics['decision_tn']})", markup=False)
+        at_decision = {"split": "test", "n_images": metrics["n_images"], "n_defective": metrics["n_defective"], "fp": metrics["decision_fp"],
+                       "fn": metrics["decision_fn"], "fpr": metrics["decision_fp"] / good if good else 0.0}
+        for line in extreme_threshold_warnings(at_decision, f"set another with `defectkit threshold {run_dir} --policy`"):
+            console.print(f"warning: {line}", markup=False)
     else:  # metrics.json of an earlier version
         console.print(f"decision threshold {decision} from {metrics['threshold_source']}", markup=False)
     table = Table(title=f"test metrics ({metrics['n_images']} images, {metrics['n_defective']} defective); F1, FP and FN at the best-F1 threshold "
@@ -832,17 +836,17 @@ def threshold_command(
 EXTREME_FPR, EXTREME_MISS = 0.2, 0.2  # shares of good parts flagged / of defects missed that a user must hear about
 
 
-def extreme_threshold_warnings(result: dict) -> list[str]:
-    """Plain words for a policy result a line would regret: most good parts flagged, or many
+def extreme_threshold_warnings(result: dict, suggest: str = "use --policy") -> list[str]:
+    """Plain words for a threshold a line would regret: most good parts flagged, or many
     defects let through, with the policy that bounds it instead."""
     lines = []
     good = result["n_images"] - result["n_defective"]
     if good and result["fpr"] > EXTREME_FPR:
         lines.append(f"this threshold flags {result['fpr']:.1%} of the good parts of the {result['split']} split ({result['fp']} of {good}) as defective; "
-                     f"to bound that share, use --policy max-fpr=0.05 (at most 5%), and look at how many defects it then misses")
+                     f"to bound that share, {suggest} max-fpr=0.05 (at most 5%), and look at how many defects it then misses")
     if result["n_defective"] and result["fn"] / result["n_defective"] > EXTREME_MISS:
         lines.append(f"this threshold misses {result['fn'] / result['n_defective']:.1%} of the defective parts of the {result['split']} split "
-                     f"({result['fn']} of {result['n_defective']}): they would be passed as good; use --policy recall=0.99 or zero-fn to catch more")
+                     f"({result['fn']} of {result['n_defective']}): they would be passed as good; {suggest} recall=0.99 or zero-fn to catch more")
     return lines
 
 

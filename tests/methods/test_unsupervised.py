@@ -332,6 +332,9 @@ def test_cli_train_eval_predict(tiny_data, tmp_path, run_cli):
     assert (f"decisions at the run's threshold {decision} (from quantile 0.99" in " ".join(out.split())
             and f"{fp} false positives of 3 good, {fn} missed defects of 3 defective" in " ".join(out.split()))
     assert out.index("decisions at the run's threshold") < out.index("test metrics")  # what the run does comes first
+    missed = f"warning: this threshold misses {fn / 3:.1%} of the defective parts of the test split ({fn} of 3): they would be passed as good"
+    assert (missed in " ".join(out.split())) == (fn / 3 > 0.2)  # said plainly when it is many
+    assert ("warning: this threshold flags" in out) == (fp / 3 > 0.2)
     saved = runs.read_yaml(run / runs.CONFIG)
     assert (saved["train"]["mask_share"], saved["train"]["fill"], saved["model"]["config"]["inference_skips"]) == (0.2, "mosaic", [False, True, True, True])
     metrics = json.loads((run / runs.METRICS).read_text())

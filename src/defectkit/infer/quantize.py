@@ -109,17 +109,21 @@ def quantize(fp32: Path, out: Path, samples: list, pre, label: str = "") -> dict
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    # read (with progress) before onnxruntime runs: its output is silenced while it calibrates
+    images = [_image(sample, pre, resized=True) for sample in progress.track(samples, f"int8: reading {len(samples)} calibration images", total=len(samples))]
+
     class Calibration(CalibrationDataReader):
-        """One training image per step, read when asked. The calibrating graph keeps only each
-        tensor's min and max per image. (``CalibMaxIntermediateOutputs`` would bound that but
-        drops the batches before each bound in onnxruntime 1.31: it is not used.)"""
+        """One training image per step, at the network size (64 of them: a few tens of MB).
+        The calibrating graph keeps only each tensor's min and max per image.
+        (``CalibMaxIntermediateOutputs`` would bound that but drops the batches before each
+        bound in onnxruntime 1.31: it is not used.)"""
 
         def __init__(self):
-            self.pending = progress.track(samples, f"int8: calibrating on {len(samples)} training images", total=len(samples))
+            self.pending = iter(images)
 
         def get_next(self):
-            sample = next(self.pending, None)
-            return None if sample is None else {"image": _image(sample, pre, resized=True)}
+            image = next(self.pending, None)
+            return None if image is None else {"image": image}
 
     model, targets = _prepared(fp32)
     if not targets:

@@ -194,7 +194,7 @@ def scan_folder(root: str | Path, problems: list | None = None) -> list[Sample]:
     return samples
 
 
-MASK_FOLDER_NAMES = {"masks", "mask", "ground_truth", "groundtruth", "gt", "labels", "annotations"}
+MASK_FOLDER_NAMES = {"masks", "mask", "ground_truth", "groundtruth", "gt", "labels", "label", "annotations"}  # "Label": DAGM's
 
 
 def mask_like(files: list[Path], base: Path) -> dict[Path, str]:
