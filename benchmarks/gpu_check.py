@@ -179,7 +179,7 @@ def main() -> None:
                 print(f"{step} | {setting} | {result}", flush=True)
     total = time.perf_counter() - started
     print()
-    print(f"| step | setting | result | step s |")
+    print("| step | setting | result | step s |")
     print("|---|---|---|---|")
     for row in table:
         print("| " + " | ".join(row) + " |")
