@@ -119,8 +119,11 @@ def test_predict_skips_files_that_look_like_masks_and_says_so(run, data, tmp_pat
 
     code, out, err = run_cli("predict", run, parts / "ground_truth", "--out", tmp_path / "named", "--no-overlays")
     assert code == 0 and "look like masks" not in out  # the folder given is what the user asked for; only folders below it count
-    code, _, err = run_cli("predict", run, parts / "ground_truth" / "part2.png", "--out", tmp_path / "given", "--no-overlays")
-    assert code == 0, err  # a file named on the command line is always scored
+    code, out, err = run_cli("predict", run, parts, parts / "part1_label.png", "--out", tmp_path / "given", "--no-overlays")
+    assert code == 0, err  # a file named on the command line is always scored, and not counted as skipped
+    assert "skipping 2 file(s) that look like masks" in flat(out)
+    with open(tmp_path / "given" / "predictions.csv") as handle:
+        assert "part1_label.png" in {r["image"].rsplit("/", 1)[-1] for r in csv.DictReader(handle)}
 
 
 def test_progress_in_a_file_is_whole_lines(run, data, tmp_path, run_cli):

@@ -609,6 +609,7 @@ def predict(
                 raise DataError(f"{item}: no such file or folder")
             for path, base in pairs:
                 found.setdefault(path.resolve(), (path, base))  # an image given twice is scored once
+        masks = {p: why for p, why in masks.items() if p.resolve() not in found}  # one also named as a file is scored
         if not found:
             raise DataError("no images found in the given inputs" + (f" (besides {len(masks)} files that look like masks; --include-masks scores them)" if masks else ""))
         if out.exists() and not out.is_dir():
