@@ -247,7 +247,7 @@ def _print_metrics(metrics: dict, run_dir: Path) -> None:
                       f"(TP {metrics['decision_tp']}, TN {metrics['decision_tn']})", markup=False)
         at_decision = {"split": "test", "n_images": metrics["n_images"], "n_defective": metrics["n_defective"], "fp": metrics["decision_fp"],
                        "fn": metrics["decision_fn"], "fpr": metrics["decision_fp"] / good if good else 0.0}
-        for line in extreme_threshold_warnings(at_decision, f"set another with `defectkit threshold {run_dir} --policy`"):
+        for line in extreme_threshold_warnings(at_decision, f"defectkit threshold {run_dir}"):
             console.print(f"warning: {line}", markup=False)
     else:  # metrics.json of an earlier version
         console.print(f"decision threshold {decision} from {metrics['threshold_source']}", markup=False)
@@ -837,17 +837,21 @@ def threshold_command(
 EXTREME_FPR, EXTREME_MISS = 0.2, 0.2  # shares of good parts flagged / of defects missed that a user must hear about
 
 
-def extreme_threshold_warnings(result: dict, suggest: str = "use --policy") -> list[str]:
+def extreme_threshold_warnings(result: dict, command: str | None = None) -> list[str]:
     """Plain words for a threshold a line would regret: most good parts flagged, or many
-    defects let through, with the policy that bounds it instead."""
+    defects let through, with the policy that bounds it instead (as an option of the
+    ``threshold`` command, or as the whole ``command`` to run)."""
+    def policy(text: str) -> str:
+        return f"--policy {text}" if command is None else f"`{command} --policy {text}`"
+
     lines = []
     good = result["n_images"] - result["n_defective"]
     if good and result["fpr"] > EXTREME_FPR:
         lines.append(f"this threshold flags {result['fpr']:.1%} of the good parts of the {result['split']} split ({result['fp']} of {good}) as defective; "
-                     f"to bound that share, {suggest} max-fpr=0.05 (at most 5%), and look at how many defects it then misses")
+                     f"to bound that share, use {policy('max-fpr=0.05')} (at most 5%), and look at how many defects it then misses")
     if result["n_defective"] and result["fn"] / result["n_defective"] > EXTREME_MISS:
         lines.append(f"this threshold misses {result['fn'] / result['n_defective']:.1%} of the defective parts of the {result['split']} split "
-                     f"({result['fn']} of {result['n_defective']}): they would be passed as good; {suggest} recall=0.99 or zero-fn to catch more")
+                     f"({result['fn']} of {result['n_defective']}): they would be passed as good; to catch more, use {policy('recall=0.99')} or zero-fn")
     return lines
 
 
