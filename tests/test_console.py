@@ -132,7 +132,7 @@ def test_progress_in_a_file_is_whole_lines(run, data, tmp_path, run_cli):
     epochs = [line for line in out.splitlines() if line.startswith("epoch ")]
     import re
 
-    assert len(epochs) == 2 and all(re.fullmatch(rf"epoch {i + 1}/2: (\d+)/\1 steps, \d+\.\d s  loss \d\.\d{{4}} .*", line) for i, line in enumerate(epochs)), epochs
+    assert len(epochs) == 2 and all(re.fullmatch(rf"epoch {i + 1}/2: (\d+)/\1 images, \d+\.\d s  loss \d\.\d{{4}} .*", line) for i, line in enumerate(epochs)), epochs
     assert not any("epoch" in line and "━" in line for line in out.splitlines())  # no bar drawn into a file
     code, out, err = run_cli("eval", run)
     assert code == 0, err

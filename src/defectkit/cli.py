@@ -182,7 +182,7 @@ def _train_with_progress(config, out: Path, resume: bool, on_epoch=None) -> None
         def on_line(epoch, done, total, losses):
             if done == total:
                 now = time.perf_counter()
-                console.print(f"epoch {epoch + 1}/{config.epochs}: {done}/{total} steps, {now - last[0]:.1f} s  {losses_text(losses)}".rstrip(),
+                console.print(f"epoch {epoch + 1}/{config.epochs}: {done}/{total} images, {now - last[0]:.1f} s  {losses_text(losses)}".rstrip(),
                               markup=False, soft_wrap=True)
                 last[0] = now
 
