@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import ConfigError
 
@@ -56,10 +56,11 @@ def _first_line(exc: Exception) -> str:
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:300]
 
 
-class Tracker:
-    """What the trainer and the train command call; one per ``--log`` value."""
+class Tracker(Protocol):
+    """What a tracker offers the train command (one per ``--log`` value): the interface that
+    :class:`MlflowTracker` and :class:`TensorboardTracker` implement."""
 
-    name = ""
+    name: str
 
     def start(self, run_dir: Path, config: dict, resumed: bool) -> None: ...
 
@@ -68,7 +69,7 @@ class Tracker:
     def finish(self, run_dir: Path, metrics: dict | None, status: str) -> None: ...
 
 
-class MlflowTracker(Tracker):
+class MlflowTracker:
     name = "mlflow"
 
     def __init__(self, uri: str | None = None, experiment: str = "defectkit"):
@@ -132,7 +133,7 @@ class MlflowTracker(Tracker):
             self.run = None
 
 
-class TensorboardTracker(Tracker):
+class TensorboardTracker:
     name = "tensorboard"
 
     def __init__(self, log_dir: Path | None = None):
