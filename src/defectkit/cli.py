@@ -830,7 +830,7 @@ def threshold_command(
     if dry_run:
         console.print("dry run: nothing stored")
     else:
-        store_threshold(run_dir, result, result["score"] != result["value"], weights)
+        store_threshold(run_dir, result, weights)
         console.print(f"stored in {run_dir / 'threshold.json'}; predict and serve use it now (re-export ONNX models to carry it)", markup=False)
 
 

@@ -230,13 +230,16 @@ def set_threshold(run_dir: str | Path, policy: str, split: str = "auto", data_ro
         **runs.weights_record(run_dir, weights),
     }
     if write:
-        store_threshold(run_dir, result, is_logit, weights)
+        store_threshold(run_dir, result, weights)
     return result
 
 
-def store_threshold(run_dir: Path, result: dict, is_logit: bool, weights: str = runs.MODEL) -> None:
+def store_threshold(run_dir: Path, result: dict, weights: str = runs.MODEL) -> None:
     """Store a :func:`set_threshold` result in threshold.json; metrics.json's decision threshold
     and counts and predictions.csv's decisions follow when they are of these weights."""
+    from ..methods.registry import method_of_run
+
+    is_logit = method_of_run(run_dir).raw_is_logit
     value, score = result["value"], result["score"]
     try:  # the evaluation files follow only when they are of these weights
         stored = runs.evaluation(run_dir, weights)

@@ -56,8 +56,10 @@ class OnnxPredictor:
         self.channels = int(self.meta["input"]["channels"])
         self.resize = self.meta["input"].get("resize", "stretch")
         self.network_size = tuple(self.meta["input"]["network_size"])
-        if self.resize not in ("stretch", "pad"):
-            raise DataError(f"{meta_path}: unknown input resize {self.resize!r} (stretch or pad)")
+        from ..data.preprocess import RESIZE_MODES
+
+        if self.resize not in RESIZE_MODES:
+            raise DataError(f"{meta_path}: unknown input resize {self.resize!r} ({' or '.join(RESIZE_MODES)})")
         self.threshold_raw = float(self.meta["threshold"]["raw"])
         self.threshold = float(self.meta["threshold"]["score"])
         # sidecars of format 1 say it only in words
