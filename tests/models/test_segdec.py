@@ -180,6 +180,28 @@ def test_feature_norm_matches_formula(use_variance):
     torch.testing.assert_close(norm(x).double(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("use_variance", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_feature_norm_gradients_match_formula(use_variance, bias):
+    """Training steps on the formula's gradients, whichever kernel computes them (the variance
+    form runs through the fused group-norm kernel)."""
+    torch.manual_seed(2)
+    norm = FeatureNorm(3, eps=1e-3, use_variance=use_variance, bias=bias)
+    with torch.no_grad():
+        norm.scale.copy_(torch.tensor([0.5, 1.0, 2.0]))
+    x = (torch.randn(2, 3, 6, 5) * torch.tensor([0.05, 1.0, 20.0]).view(1, 3, 1, 1) + 3.0).requires_grad_()
+    upstream = torch.randn(2, 3, 6, 5)
+    (norm(x) * upstream).sum().backward()
+    xd = x.detach().double().requires_grad_()
+    scale = norm.scale.detach().double().requires_grad_()
+    shift = torch.zeros(3, dtype=torch.float64, requires_grad=bias)
+    (_feature_norm_reference(xd, scale, shift, 1e-3, use_variance) * upstream.double()).sum().backward()
+    torch.testing.assert_close(x.grad.double(), xd.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(norm.scale.grad.double(), scale.grad, rtol=1e-4, atol=1e-4)
+    if bias:
+        torch.testing.assert_close(norm.bias.grad.double(), shift.grad, rtol=1e-4, atol=1e-4)
+
+
 def test_feature_norm_std_quirk_differs_from_variance():
     x = torch.randn(1, 1, 8, 8) * 5
     assert not torch.allclose(FeatureNorm(1)(x), FeatureNorm(1, use_variance=True)(x), atol=1e-2)
