@@ -57,7 +57,7 @@ def norm_tables(rounds: int) -> None:
         torch.testing.assert_close(norm(x), textbook(x, norm.scale, norm.bias), rtol=1e-4, atol=1e-4)
         print(f"| {'x'.join(map(str, shape))} | {best['textbook']:.1f} | {best['defectkit']:.1f} | {1 - best['defectkit'] / best['textbook']:.0%} |")
     print()
-    print("| variance form, shape | composite fwd+bwd ms | fused group norm fwd+bwd ms | speed-up |")
+    print("| variance form, shape | composite fwd+bwd ms | group norm fwd+bwd ms | speed-up |")
     print("|---|---|---|---|")
     for shape in VARIANCE_SHAPES:
         norm = FeatureNorm(shape[1], use_variance=True)
@@ -77,7 +77,7 @@ def step_table(steps: int, rounds: int) -> None:
     fused = FeatureNorm.forward
     kernels = {"composite": lambda self, x: self.composite(x), "fused": fused}
     print()
-    print("| preset | input | batch | composite ms/step | fused ms/step | speed-up | loss difference | gradient error vs float64, composite | fused |")
+    print("| preset | input | batch | composite ms/step | group norm ms/step | speed-up | loss difference | gradient error vs float64, composite | group norm |")
     print("|---|---|---|---|---|---|---|---|---|")
     for preset, height, width, batch in STEPS:
         torch.manual_seed(0)

@@ -6,6 +6,7 @@ method or a preset is what gets it tested here."""
 from __future__ import annotations
 
 import csv
+import json
 import warnings
 
 import numpy as np
@@ -63,6 +64,18 @@ def test_method_contract(name, preset, data, tmp_path):
     assert metrics["method"] == name and metrics["n_images"] == 2 and metrics["n_defective"] == 1
     assert metrics["threshold_source"] == "validation (best F1)"
     assert all(np.isfinite(metrics[k]) for k in ("ap", "auroc", "decision_threshold", "pixel_auroc", "aupro"))
+    # the threshold record says what the validation part found, as scikit-learn computes it
+    from sklearn.metrics import average_precision_score
+
+    from defectkit.data.partition import read_parts
+
+    validation = read_parts(tiny_config(name, preset, data), None, of_run=True)["validation"]
+    labels = [s.is_defective for s in validation]
+    raw = get_method(name).load(run).raw_scores(validation)
+    found = json.loads((run / "threshold.json").read_text())["validation"]
+    assert found["ap"] == pytest.approx(average_precision_score(labels, raw))
+    assert found["tp"] + found["fn"] == sum(labels) and found["fp"] + found["tn"] == len(labels) - sum(labels)
+    assert found["tp"] + found["fp"] == int(np.sum(raw >= json.loads((run / "threshold.json").read_text())["value"]))
 
     predictor = defectkit.load(run)
     rows = {r["image"]: r for r in csv.DictReader(open(run / "predictions.csv"))}

@@ -48,9 +48,11 @@ def test_two_gloo_ranks_train_like_one_process(data, tmp_path):
          *TRAIN, "--data-root", str(data), "--out", str(double)])
     a, b = load_file(str(single / "model.safetensors")), load_file(str(double / "model.safetensors"))
     assert a.keys() == b.keys()
-    # six SGD steps: equal up to float rounding (one step agrees to ~1e-7; rounding grows a little each step)
+    # six SGD steps: equal up to float rounding. One step agrees to ~1e-7; the two sum the
+    # batch's gradients in different orders and the steps amplify that, to 1e-5-6e-5 here
+    # (depending on the kernels' rounding); a wrong gradient scale or shard differs by > 1e-3.
     for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=2e-5, msg=key)
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=2e-4, msg=key)
     torch.manual_seed(0)  # the initial weights, as fit draws them
     start = create_model("segdec", "tiny", in_channels=1, input_size=(64, 128)).state_dict()
     assert start.keys() == a.keys()

@@ -284,14 +284,17 @@ class Method:
         validation split with good and defective images (``validation_scores``: its raw scores
         when the caller has them), else the method's calibration on good images, else best F1 on
         the test split (``test_metrics``; None before evaluation)."""
-        from ..evaluate.metrics import best_f1_threshold
+        from ..evaluate.metrics import image_metrics
 
         validation = parts.get("validation") or []
         labels = [s.is_defective for s in validation]
         if any(labels) and not all(labels):
             scores = self.raw_scores(validation) if validation_scores is None else validation_scores
-            value = best_f1_threshold(labels, scores)["threshold"]
-            return {"value": float(value), "source": "validation (best F1)", "images": len(validation)}
+            found = image_metrics(labels, scores)
+            # what the validation part says of the model: on a small test split AP varies by
+            # several hundredths between draws of images (docs/benchmarks.md, the demo)
+            return {"value": float(found["threshold"]), "source": "validation (best F1)", "images": len(validation),
+                    "validation": {k: found[k] for k in ("ap", "auroc", "n_defective", "tp", "fp", "fn", "tn")}}
         calibrated = self.calibration_threshold(parts)
         if calibrated is not None or test_metrics is None:
             return calibrated

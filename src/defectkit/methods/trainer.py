@@ -370,4 +370,7 @@ class Trainer:
             runs.write_json(self.out / runs.THRESHOLD, {**threshold, **runs.weights_record(self.out)})
             raw = threshold["value"]
             shown = f"{float(method.to_score(raw)):.6g} (logit {raw:.6g})" if method.raw_is_logit else f"{raw:.6g}"
-            self.log(f"decision threshold {shown} from {threshold['source']}")
+            found = threshold.get("validation")
+            said = (f": on its {threshold['images']} images AP {found['ap']:.4f}, AUROC {found['auroc']:.4f}, {found['fp']} of {found['fp'] + found['tn']} good flagged, "
+                    f"{found['fn']} of {found['n_defective']} defective missed") if found else ""
+            self.log(f"decision threshold {shown} from {threshold['source']}{said}")
