@@ -14,6 +14,7 @@ from defectkit import runs
 from defectkit.data.synthetic import generate
 from defectkit.evaluate.run_eval import evaluate_run
 from defectkit.methods.patchcore import (
+    PRESETS,
     PatchCore,
     PatchCoreConfig,
     PatchCoreModel,
@@ -130,6 +131,38 @@ def config(data, **overrides):
 def trained(data, tmp_path_factory):
     run = fit(config(data), tmp_path_factory.mktemp("run") / "run", log=quiet)
     return run, evaluate_run(run)
+
+
+def test_border_padding_changes_the_border_cells_only_and_keeps_the_grid():
+    """The mirrored border replaces the zero padding's effect on the outer cells; the image's own
+    cells stay where they were (a crop off by one cell would change the centre as much as the
+    border), and the grid keeps the image's size."""
+    from defectkit.methods.patchcore import STAGES
+    from defectkit.models.backbone import create_backbone, truncated_backbone
+
+    imagenet = truncated_backbone(create_backbone("efficientnet_lite0", None), STAGES).state_dict()
+    plain = PatchCoreModel(PatchCoreModelConfig(border_pad=0)).eval()
+    padded = PatchCoreModel(PatchCoreModelConfig(border_pad=48)).eval()
+    plain.backbone.load_state_dict(imagenet)
+    padded.backbone.load_state_dict(imagenet)
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 384, 384)
+    with torch.no_grad():
+        a, b = plain.embed(x), padded.embed(x)
+    assert a.shape == b.shape == (1, 152, 48, 48)
+    change = (a - b).abs().amax(1)[0]
+    border = torch.cat([change[0], change[-1], change[:, 0], change[:, -1]]).mean()
+    assert border > 0.3 * a.abs().mean()  # the outer cells see the mirrored image, not zeros
+    assert change[20:28, 20:28].max() < 0.02 * border  # the centre is out of the padding's reach
+    # an image smaller than the padding mirrors what it has, on the same grid
+    assert padded.border(40, 200) == 32 and padded.border(16, 16) == 0
+    with torch.no_grad():
+        assert padded.embed(torch.rand(1, 1, 40, 24)).shape[-2:] == (5, 3)
+    with pytest.raises(Exception, match="border_pad"):
+        PatchCoreModelConfig(border_pad=20).check()
+    # runs made before the option existed keep the zero padding they were trained with
+    assert PatchCoreModelConfig().border_pad == 0
+    assert all(preset.border_pad == 48 for preset in PRESETS.values())
 
 
 def test_config_defaults_and_errors(data):
