@@ -72,10 +72,11 @@ def test_method_contract(name, preset, data, tmp_path):
     validation = read_parts(tiny_config(name, preset, data), None, of_run=True)["validation"]
     labels = [s.is_defective for s in validation]
     raw = get_method(name).load(run).raw_scores(validation)
-    found = json.loads((run / "threshold.json").read_text())["validation"]
+    record = json.loads((run / "threshold.json").read_text())
+    found = record["validation"]
     assert found["ap"] == pytest.approx(average_precision_score(labels, raw))
     assert found["tp"] + found["fn"] == sum(labels) and found["fp"] + found["tn"] == len(labels) - sum(labels)
-    assert found["tp"] + found["fp"] == int(np.sum(raw >= json.loads((run / "threshold.json").read_text())["value"]))
+    assert found["tp"] + found["fp"] == int(np.sum(raw >= record["value"]))
 
     predictor = defectkit.load(run)
     rows = {r["image"]: r for r in csv.DictReader(open(run / "predictions.csv"))}
