@@ -198,7 +198,7 @@ def test_one_variants_weights_do_not_load_into_another(tmp_path):
 
     path = tmp_path / "lite0.safetensors"
     save_weights(path, bb.EfficientNetLite("efficientnet_lite0").state_dict())
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=r"do not match efficientnet_lite2.*another backbone\? choose it with --backbone"):
         bb.create_backbone("efficientnet_lite2", path)
 
 

@@ -363,7 +363,12 @@ def load_pretrained(path: str | Path | None = None, name: str = "efficientnet_li
         path = Path(path)
         if path.suffix.lower() != ".safetensors":
             raise ConfigError(f"{path}: backbone weights must be a .safetensors file (other formats can run code when read)")
-        load_weights(model, path, name)
+        try:
+            load_weights(model, path, name)
+        except DataError as exc:
+            if "do not match" not in str(exc):
+                raise
+            raise DataError(f"{exc} (weights of another backbone? choose it with --backbone: {', '.join(VARIANTS)})") from None
         return model.eval()
     cached = cache_path(name)
     if cached.is_file() and _cache_is_current(cached, spec):
