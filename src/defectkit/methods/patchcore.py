@@ -340,6 +340,10 @@ class PatchCoreConfig(MethodConfig):
             raise ValueError(f"holdout must be a share in [0, 1), got {self.holdout}")
         if self.backbone_weights is not None and not self.backbone_weights.lower().endswith(".safetensors"):
             raise ValueError(f"backbone_weights must be a .safetensors file, got {self.backbone_weights!r}")
+        from ..models.backbone import BACKBONES
+
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose from {', '.join(BACKBONES)}")
 
 
 class PatchCore(HeldOutCalibration, Method):

@@ -314,13 +314,24 @@ def packaged_weights(name: str = "efficientnet_lite0") -> Path:
     try:
         dist = metadata.distribution(spec.package)
     except metadata.PackageNotFoundError:
-        raise ConfigError(f"the ImageNet weights of {name} are not installed: {INSTALL_HINT}") from None
+        others = [v.name for v in VARIANTS.values() if v.name != name and _installed(v)]
+        choice = f"; installed: --backbone {' or '.join(others)}" if others else ""
+        raise ConfigError(f"the ImageNet weights of {name} are not installed: {INSTALL_HINT}{choice}") from None
     if dist.version != spec.version:
         raise ConfigError(f"{spec.package} {dist.version} is installed, defectkit needs {spec.version}: {INSTALL_HINT}")
     path = Path(str(dist.locate_file(spec.file)))
     if not path.is_file():
         raise DataError(f"{spec.package} is installed but its weight file {path} is missing; reinstall it: {INSTALL_HINT}")
     return path
+
+
+def _installed(spec: Variant) -> bool:
+    from importlib import metadata
+
+    try:
+        return metadata.distribution(spec.package).version == spec.version
+    except metadata.PackageNotFoundError:
+        return False
 
 
 def _read_package(path: Path, spec: Variant) -> dict:
