@@ -167,6 +167,38 @@ def test_resume_applies_more_epochs_and_refuses_other_changes(data, tmp_path, ru
     assert code == 2 and "cannot change it" in err
 
 
+def test_a_resume_stopped_after_its_last_checkpoint_writes_that_model(data, tmp_path, monkeypatch):
+    """Trained to 2 epochs, resumed to 4 and stopped after the 4th epoch's checkpoint but before
+    the model was written: model.safetensors and threshold.json are still the 2-epoch run's.
+    Resuming with --epochs 4 must not call that finished; it writes the checkpoint's weights
+    and their threshold (before, every later command scored the 2-epoch weights)."""
+    out = tmp_path / "run"
+    fit(config("ear", data, epochs=2), out, log=quiet)
+    two_epochs = load_file(str(out / runs.MODEL))
+    real = runs.save_weights
+
+    def stop_at_the_model(path, *args, **kwargs):
+        if path.name == runs.MODEL:
+            raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "save_weights", stop_at_the_model)
+    with pytest.raises(KeyboardInterrupt):
+        fit(resume_config(out, {"epochs": 4}), out, resume=True, log=quiet)
+    monkeypatch.setattr(runs, "save_weights", real)
+    stale = load_file(str(out / runs.MODEL))
+    assert all(torch.equal(stale[k], two_epochs[k]) for k in two_epochs)  # the situation described
+    lines = []
+    fit(resume_config(out, {"epochs": 4}), out, resume=True, log=lines.append)
+    assert any("holds earlier weights than the checkpoint's 4 epochs" in line for line in lines)
+    fit(config("ear", data, epochs=4), tmp_path / "straight", log=quiet)
+    assert same_weights(out / runs.MODEL, tmp_path / "straight" / runs.MODEL)
+    assert runs.read_json(out / runs.THRESHOLD)["weights_sha256"] == runs.weights_record(out)["weights_sha256"]
+    lines = []
+    fit(resume_config(out, {"epochs": 4}), out, resume=True, log=lines.append)  # now it is finished
+    assert any("training already finished (4 epochs)" in line for line in lines)
+
+
 def test_divergence_stops_before_the_epoch_is_checkpointed(data, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(DataError, match="training diverged at epoch 1"):

@@ -274,9 +274,17 @@ class Trainer:
                     (out / runs.BEST).unlink(missing_ok=True)
         distributed.barrier(ctx)
         if state["epoch"] + 1 >= config.epochs and (out / runs.MODEL).is_file():
-            log(f"{out}: training already finished ({config.epochs} epochs)")
-            if ctx.main and not (out / runs.THRESHOLD).is_file():
+            if ctx.main and not self._model_holds(method):
+                # a resumed training stopped between its last checkpoint and writing the model:
+                # model.safetensors (and the records made of it) are an earlier finish's
+                log(f"{out}: {runs.MODEL} holds earlier weights than the checkpoint's {state['epoch'] + 1} epochs; writing them")
+                runs.save_weights(out / runs.MODEL, method.model.state_dict())
                 self._write_threshold(method, parts)
+            else:
+                log(f"{out}: training already finished ({config.epochs} epochs)")
+                if ctx.main and not (out / runs.THRESHOLD).is_file():
+                    self._write_threshold(method, parts)
+            distributed.barrier(ctx)
             return out
 
         method.net = distributed.wrap(method.model, ctx, method.device)
@@ -352,6 +360,14 @@ class Trainer:
         return {"epoch": epoch, **method.epoch_log(totals, n), **values}
 
     # ------------------------------------------------------------------ files
+
+    def _model_holds(self, method) -> bool:
+        """Whether model.safetensors holds the model's weights (as loaded from the checkpoint)."""
+        import torch
+        from safetensors.torch import load_file
+
+        saved, current = load_file(str(self.out / runs.MODEL)), method.model.state_dict()
+        return saved.keys() == current.keys() and all(torch.equal(saved[k], v.detach().cpu()) for k, v in current.items())
 
     def log_fields(self) -> list[str]:
         return ["epoch", *self.cls.log_fields, "val_ap", "seconds"]
