@@ -199,6 +199,40 @@ def test_a_resume_stopped_after_its_last_checkpoint_writes_that_model(data, tmp_
     assert any("training already finished (4 epochs)" in line for line in lines)
 
 
+def test_plain_sgd_steps_as_torch_sgd_does():
+    """segdec's optimiser must give torch.optim.SGD's weights to the bit (its checkpoints, the
+    runs made before it and the benchmarks' figures all assume so)."""
+    from defectkit.methods.segdec import PlainSGD
+    from defectkit.models import create_model
+
+    torch.manual_seed(0)
+    ours = create_model("segdec", "tiny", in_channels=1, input_size=(64, 128))
+    reference = create_model("segdec", "tiny", in_channels=1, input_size=(64, 128))
+    reference.load_state_dict(ours.state_dict())
+    start = {k: v.clone() for k, v in ours.state_dict().items()}
+    optimisers = PlainSGD(ours.parameters(), lr=0.3), torch.optim.SGD(reference.parameters(), lr=0.3)
+    for step in range(4):
+        x = torch.rand(3, 1, 128, 64, generator=torch.Generator().manual_seed(step))
+        for net, optimiser in zip((ours, reference), optimisers):
+            optimiser.zero_grad(set_to_none=True)
+            logit, seg = net(x)
+            (logit.square().sum() + seg.sum()).backward()
+            optimiser.step()
+    assert any(not torch.equal(v, start[k]) for k, v in ours.state_dict().items())  # it stepped
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), reference.state_dict().values()))
+    assert optimisers[0].state_dict()["state"] == optimisers[1].state_dict()["state"] == {}
+
+
+def test_a_checkpoint_with_optimiser_state_the_run_cannot_hold_is_refused_by_name(data, tmp_path, run_cli):
+    out = tmp_path / "run"
+    fit(config("segdec", data, epochs=1), out, log=quiet)
+    path = out / runs.CHECKPOINT
+    tensors, metadata = load_file(str(path)), runs.read_metadata(path)
+    runs.save_weights(path, {**tensors, "optimizer.0.momentum_buffer": torch.zeros(3)}, metadata)
+    code, _, err = run_cli("train", "--resume", out, "--epochs", "2")
+    assert code == 2 and str(path) in err and "optimiser state does not fit" in err and "Traceback" not in err
+
+
 def test_divergence_stops_before_the_epoch_is_checkpointed(data, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(DataError, match="training diverged at epoch 1"):

@@ -147,7 +147,10 @@ def load_checkpoint(path: Path, model, optimizer) -> dict:
                 restored.setdefault(int(index), {})[name] = value
         saved = optimizer.state_dict()
         saved["state"] = restored
-        optimizer.load_state_dict(saved)
+        try:
+            optimizer.load_state_dict(saved)
+        except (ConfigError, KeyError, ValueError, RuntimeError) as exc:
+            raise DataError(f"checkpoint {path}: its optimiser state does not fit the run's optimiser ({exc})") from None
     if "rng.torch" in tensors:
         torch.set_rng_state(tensors["rng.torch"])
     return state
