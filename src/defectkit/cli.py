@@ -899,7 +899,7 @@ def demo(
     from .methods.registry import DEFAULT_METHOD, get_method
 
     out = _demo_folder(out, overwrite)
-    data_root = default_root().with_name(f"synthetic-demo2-{size}")  # demo2: the 600 + 600 training images
+    data_root = default_root().with_name(f"synthetic-demo3-{size}")  # demo3: DEMO_COUNTS' 400 + 400 training images
     _console().print(f"generating the synthetic demo data in {data_root} (reused when already there)")
     generate(data_root, size=(size, size), **DEMO_COUNTS)
     method = get_method(DEFAULT_METHOD)
