@@ -23,3 +23,20 @@ def append_result(path: str, record: dict) -> None:
     """One JSON line per finished benchmark, for docs/benchmarks.md."""
     with open(path, "a") as handle:
         handle.write(json.dumps(record) + "\n")
+
+
+def maps_on_test_split(run):
+    """(labels, image scores, anomaly maps N x H x W) of a run's own model on its test split."""
+    import numpy as np
+
+    from defectkit.data.partition import read_parts
+    from defectkit.methods.registry import method_of_run
+
+    method = method_of_run(run)
+    test = read_parts(method.read_config(run)[0], None, of_run=True)["test"]
+    method = method.load(run)
+    raw, maps = [], []
+    for _, scores, heatmaps in method.iter_samples(test):
+        raw.append(scores)
+        maps.extend(heatmaps)
+    return np.array([s.is_defective for s in test]), np.concatenate(raw), np.stack(maps)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from common import maps_on_test_split
+
 
 def main() -> None:
-    from defectkit.data.partition import read_parts
     from defectkit.evaluate.metrics import roc_auc
-    from defectkit.methods.registry import method_of_run
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -26,20 +26,12 @@ def main() -> None:
     print("| run | image score AUROC | " + " | ".join(f"map max, {m} px left out" for m in margins) + " | good at the border | defective at the border |")
     print("|---|---|" + "---|" * len(margins) + "---|---|")
     for run in args.runs:
-        method = method_of_run(run)
-        test = read_parts(method.read_config(run)[0], None, of_run=True)["test"]
-        method = method.load(run)
-        labels = np.array([s.is_defective for s in test])
-        raw, maps = [], []
-        for _, scores, heatmaps in method.iter_samples(test):
-            raw.append(scores)
-            maps.extend(heatmaps)
-        maps = np.stack(maps)
+        labels, raw, maps = maps_on_test_split(run)
         h, w = maps.shape[1:]
         cells = [f"{roc_auc(labels, maps[:, m:h - m, m:w - m].reshape(len(maps), -1).max(1)):.3f}" for m in margins]
         y, x = np.unravel_index(maps.reshape(len(maps), -1).argmax(1), (h, w))
         edge = (y < 8) | (y >= h - 8) | (x < 8) | (x >= w - 8)
-        print(f"| {run} | {roc_auc(labels, np.concatenate(raw)):.3f} | " + " | ".join(cells) + f" | {edge[~labels].mean():.0%} | {edge[labels].mean():.0%} |")
+        print(f"| {run} | {roc_auc(labels, raw):.3f} | " + " | ".join(cells) + f" | {edge[~labels].mean():.0%} | {edge[labels].mean():.0%} |")
 
 
 if __name__ == "__main__":

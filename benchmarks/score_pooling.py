@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from common import maps_on_test_split
+
 
 def main() -> None:
-    from defectkit.data.partition import read_parts
     from defectkit.evaluate.metrics import roc_auc
-    from defectkit.methods.registry import method_of_run
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -29,16 +29,9 @@ def main() -> None:
     print("|---|" + "---|" * len(columns))
     table = []
     for run in args.runs:
-        method = method_of_run(run)
-        test = read_parts(method.read_config(run)[0], None, of_run=True)["test"]
-        method = method.load(run)
-        labels = np.array([s.is_defective for s in test])
-        raw, maps = [], []
-        for _, scores, heatmaps in method.iter_samples(test):
-            raw.append(scores)
-            maps.extend(heatmaps)
-        ranked = -np.sort(-np.stack(maps).reshape(len(maps), -1), axis=1)
-        row = [roc_auc(labels, np.concatenate(raw)), roc_auc(labels, ranked[:, 0])]
+        labels, raw, maps = maps_on_test_split(run)
+        ranked = -np.sort(-maps.reshape(len(maps), -1), axis=1)
+        row = [roc_auc(labels, raw), roc_auc(labels, ranked[:, 0])]
         row += [roc_auc(labels, ranked[:, :k].mean(1)) for k in tops]
         table.append(row)
         print(f"| {run} | " + " | ".join(f"{v:.4f}" for v in row) + " |")
