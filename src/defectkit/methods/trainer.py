@@ -369,7 +369,11 @@ class Trainer:
         import torch
         from safetensors.torch import load_file
 
-        saved, current = load_file(str(self.out / runs.MODEL)), method.model.state_dict()
+        try:
+            saved = load_file(str(self.out / runs.MODEL))
+        except Exception:  # unreadable (a torn or foreign file): the checkpoint's weights replace it
+            return False
+        current = method.model.state_dict()
         return saved.keys() == current.keys() and all(torch.equal(saved[k], v.detach().cpu()) for k, v in current.items())
 
     def log_fields(self) -> list[str]:
